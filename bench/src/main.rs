@@ -1,0 +1,121 @@
+//! `bench`: Switchyard's benchmark harness. Each scenario starts its servers, drives them, and
+//! reports every figure as median and min–max over interleaved rounds, next to a baseline
+//! measured in the same run.
+//!
+//! # Layout
+//! - `mesh_rr`: scenario `mesh` (mesh request/response vs bare tonic unary).
+//! - `child`: server processes the harness starts (this binary, hidden subcommands).
+//! - `stats`: histograms and spreads.
+
+mod child;
+mod mesh_rr;
+mod stats;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+
+/// Switchyard benchmarks.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// Tokio flavor of this (client) process.
+    #[arg(long, value_enum, default_value_t = Flavor::MultiThread, global = true)]
+    flavor: Flavor,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand, Debug)]
+enum Scenario {
+    /// Mesh request/response between two nodes vs a bare tonic unary call.
+    Mesh(mesh_rr::MeshArgs),
+    /// (internal) a node answering mesh pings.
+    #[command(hide = true)]
+    ServeMeshNode,
+    /// (internal) a bare tonic echo server.
+    #[command(hide = true)]
+    ServeBareGrpc,
+}
+
+/// Tokio runtime flavor.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub(crate) enum Flavor {
+    /// One thread runs everything.
+    CurrentThread,
+    /// A worker per core.
+    MultiThread,
+}
+
+impl Flavor {
+    pub(crate) fn as_arg(self) -> &'static str {
+        match self {
+            Flavor::CurrentThread => "current-thread",
+            Flavor::MultiThread => "multi-thread",
+        }
+    }
+
+    fn runtime(self) -> std::io::Result<tokio::runtime::Runtime> {
+        match self {
+            Flavor::CurrentThread => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build(),
+            Flavor::MultiThread => tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build(),
+        }
+    }
+}
+
+/// What the report says about the machine.
+#[derive(Serialize, Debug)]
+pub(crate) struct Machine {
+    cores: usize,
+    cpu: String,
+    kernel: String,
+    version: &'static str,
+}
+
+impl Machine {
+    pub(crate) fn read() -> Self {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+            })
+            .unwrap_or_default();
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        Self {
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cpu,
+            kernel,
+            version: env!("CARGO_PKG_VERSION"),
+        }
+    }
+}
+
+impl std::fmt::Display for Machine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} cores, {}, Linux {}, switchyard {}",
+            self.cores, self.cpu, self.kernel, self.version
+        )
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    runtime::telemetry::init_logs(runtime::LogFormat::Text);
+    cli.flavor.runtime()?.block_on(async move {
+        match cli.scenario {
+            Scenario::Mesh(args) => mesh_rr::run(args).await,
+            Scenario::ServeMeshNode => mesh_rr::serve_node().await,
+            Scenario::ServeBareGrpc => mesh_rr::serve_bare().await,
+        }
+    })
+}

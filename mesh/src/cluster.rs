@@ -1,0 +1,332 @@
+//! The cluster handle: this node's record, the members, node events and load publishing.
+
+use std::{
+    collections::HashSet,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::sync::{broadcast, watch};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::{info, warn};
+
+use crate::{
+    change::{self, NodeEvent},
+    membership::{Members, Membership},
+    metrics,
+    node::{Load, NodeId, NodeInfo, NodeKind, NodeState},
+};
+
+/// How many node events a slow subscriber may fall behind before it sees `Lagged`.
+const EVENT_BUFFER: usize = 1024;
+
+/// A cloneable handle on the cluster as this node sees it.
+#[derive(Clone)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// This node's record as it publishes it. `in_flight` is filled in at publish time.
+    me: Mutex<NodeInfo>,
+    membership: Arc<dyn Membership>,
+    members: watch::Receiver<Arc<Members>>,
+    events: broadcast::Sender<NodeEvent>,
+    in_flight: AtomicU64,
+    /// Serialises publishes so an older record never overwrites a newer one.
+    publishing: tokio::sync::Mutex<()>,
+}
+
+impl Cluster {
+    /// Publishes `me`, then follows membership: node events go to subscribers and this node's
+    /// load is republished every `load_interval` when it changed. Tasks stop with `shutdown`.
+    pub async fn start(
+        membership: Arc<dyn Membership>,
+        me: NodeInfo,
+        load_interval: Duration,
+        shutdown: CancellationToken,
+        tracker: &TaskTracker,
+    ) -> Self {
+        let members = membership.members();
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let cluster = Cluster {
+            inner: Arc::new(Inner {
+                me: Mutex::new(me),
+                membership,
+                members,
+                events,
+                in_flight: AtomicU64::new(0),
+                publishing: tokio::sync::Mutex::new(()),
+            }),
+        };
+        cluster.publish().await;
+        tracker.spawn(cluster.clone().follow_members(shutdown.clone()));
+        tracker.spawn(cluster.clone().publish_load(load_interval, shutdown));
+        cluster
+    }
+
+    /// This node's id.
+    pub fn self_id(&self) -> NodeId {
+        self.lock_me().id.clone()
+    }
+
+    /// This node's record, as last set locally.
+    pub fn self_info(&self) -> NodeInfo {
+        let mut me = self.lock_me().clone();
+        me.load.in_flight = self.inner.in_flight.load(Ordering::Relaxed);
+        me
+    }
+
+    /// The current members, this node included (online or draining; never gone).
+    pub fn members(&self) -> Arc<Members> {
+        self.inner.members.borrow().clone()
+    }
+
+    /// A receiver that sees every change of the member list.
+    pub fn watch_members(&self) -> watch::Receiver<Arc<Members>> {
+        self.inner.members.clone()
+    }
+
+    /// One member's record.
+    pub fn node(&self, id: &NodeId) -> Option<NodeInfo> {
+        self.inner.members.borrow().get(id).cloned()
+    }
+
+    /// The members of one kind, online or draining, in node id order.
+    pub fn nodes_by_kind(&self, kind: &str) -> Vec<NodeInfo> {
+        self.inner
+            .members
+            .borrow()
+            .values()
+            .filter(|n| n.kind.as_str() == kind)
+            .cloned()
+            .collect()
+    }
+
+    /// True when `id` is a member and online (not draining).
+    pub fn is_node_online(&self, id: &NodeId) -> bool {
+        self.inner
+            .members
+            .borrow()
+            .get(id)
+            .is_some_and(NodeInfo::is_online)
+    }
+
+    /// True while this node is online (not draining).
+    pub fn is_self_online(&self) -> bool {
+        self.lock_me().state == NodeState::Online
+    }
+
+    /// True when this node is online and part of a cluster: what `/readyz` reports.
+    pub fn is_ready(&self) -> bool {
+        self.is_self_online() && self.inner.membership.is_joined()
+    }
+
+    /// Node events from now on: joined, went offline, load changed, gone.
+    pub fn subscribe(&self) -> broadcast::Receiver<NodeEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Changes this node's load figures; they are published within one load interval.
+    /// `in_flight` is counted by [`Cluster::track_request`] and is not set here.
+    pub fn update_load(&self, update: impl FnOnce(&mut Load)) {
+        update(&mut self.lock_me().load);
+    }
+
+    /// Counts one request in flight until the guard drops.
+    pub fn track_request(&self) -> InFlight {
+        self.inner.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// Replaces the routes this node serves and publishes them at once.
+    pub async fn set_routes(&self, mut routes: Vec<u32>) {
+        routes.sort_unstable();
+        routes.dedup();
+        self.lock_me().routes = routes;
+        self.publish().await;
+    }
+
+    /// Marks this node offline (draining) and publishes it at once: peers stop sending new work.
+    pub async fn go_offline(&self) {
+        self.lock_me().state = NodeState::Offline;
+        self.publish().await;
+        info!(node = %self.self_id(), "node is offline: draining");
+    }
+
+    /// Leaves the cluster: peers see this node gone as soon as gossip carries the news.
+    pub async fn leave(&self) {
+        self.inner.membership.leave().await;
+        info!(node = %self.self_id(), "node left the cluster");
+    }
+
+    async fn publish(&self) {
+        let _order = self.inner.publishing.lock().await;
+        let record = self.self_info();
+        self.inner.membership.publish(&record).await;
+    }
+
+    fn lock_me(&self) -> std::sync::MutexGuard<'_, NodeInfo> {
+        // A panic while holding this lock only ever interrupts a plain field assignment.
+        self.inner
+            .me
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn follow_members(self, shutdown: CancellationToken) {
+        let mut watch = self.inner.members.clone();
+        let mut known = watch.borrow_and_update().clone();
+        let mut gauges = HashSet::new();
+        metrics::set_member_gauges(&known, &mut gauges);
+        for event in change::diff(&Members::new(), &known) {
+            let _ = self.inner.events.send(event);
+        }
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                changed = watch.changed() => if changed.is_err() { return },
+            }
+            let next = watch.borrow_and_update().clone();
+            for event in change::diff(&known, &next) {
+                log_event(&event);
+                // No subscriber is fine: events are for whoever listens.
+                let _ = self.inner.events.send(event);
+            }
+            metrics::set_member_gauges(&next, &mut gauges);
+            known = next;
+        }
+    }
+
+    async fn publish_load(self, every: Duration, shutdown: CancellationToken) {
+        let mut ticker = tokio::time::interval(every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last = None;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            let load = self.self_info().load;
+            if last != Some(load) {
+                self.publish().await;
+                last = Some(load);
+            }
+        }
+    }
+}
+
+fn log_event(event: &NodeEvent) {
+    let node = event.node();
+    match event {
+        NodeEvent::Joined(_) => {
+            info!(peer = %node.id, kind = %node.kind, addr = %node.grpc_addr, "node joined")
+        }
+        NodeEvent::WentOffline(_) => info!(peer = %node.id, kind = %node.kind, "node went offline"),
+        NodeEvent::CameOnline(_) => {
+            info!(peer = %node.id, kind = %node.kind, "node came back online")
+        }
+        // A node that was draining left as planned; one that was online died or was cut off.
+        NodeEvent::Gone(_) if node.is_online() => {
+            warn!(peer = %node.id, kind = %node.kind, "node is gone without draining (failed or unreachable)")
+        }
+        NodeEvent::Gone(_) => info!(peer = %node.id, kind = %node.kind, "node left the cluster"),
+        NodeEvent::LoadChanged(_) | NodeEvent::Updated(_) => {}
+    }
+}
+
+/// Counts a request in flight; see [`Cluster::track_request`].
+pub struct InFlight(Cluster);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.inner.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Builds this node's first record.
+pub fn new_record(
+    id: NodeId,
+    kind: NodeKind,
+    grpc_addr: std::net::SocketAddr,
+    datagram_addr: std::net::SocketAddr,
+) -> NodeInfo {
+    let started_at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    NodeInfo {
+        id,
+        kind,
+        grpc_addr,
+        datagram_addr,
+        client_addr: None,
+        routes: Vec::new(),
+        state: NodeState::Online,
+        load: Load::default(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        started_at_ms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::membership::LocalMembership;
+
+    #[tokio::test]
+    async fn a_single_node_cluster_follows_its_own_state_and_load() {
+        let tracker = TaskTracker::new();
+        let stop = CancellationToken::new();
+        let addr = "127.0.0.1:1".parse().expect("literal");
+        let me = new_record(NodeId::new("solo"), NodeKind::new("room"), addr, addr);
+        let membership = Arc::new(LocalMembership::new());
+        let cluster = Cluster::start(
+            membership,
+            me,
+            Duration::from_millis(10),
+            stop.clone(),
+            &tracker,
+        )
+        .await;
+        let mut events = cluster.subscribe();
+        assert!(cluster.is_ready());
+        assert!(cluster.is_node_online(&NodeId::new("solo")));
+
+        let guard = cluster.track_request();
+        cluster.update_load(|load| load.rooms = 3);
+        loop {
+            if let NodeEvent::LoadChanged(node) = events.recv().await.expect("event")
+                && node.load.rooms == 3
+            {
+                assert_eq!(
+                    node.load.in_flight, 1,
+                    "requests in flight are part of the load"
+                );
+                break;
+            }
+        }
+        drop(guard);
+
+        cluster.go_offline().await;
+        loop {
+            if let NodeEvent::WentOffline(node) = events.recv().await.expect("event") {
+                assert_eq!(node.id.as_str(), "solo");
+                break;
+            }
+        }
+        assert!(!cluster.is_self_online());
+        assert!(!cluster.is_ready());
+        assert_eq!(
+            cluster.nodes_by_kind("room").len(),
+            1,
+            "a draining node is still a member"
+        );
+        cluster.leave().await;
+        stop.cancel();
+        tracker.close();
+        tracker.wait().await;
+    }
+}

@@ -1,0 +1,37 @@
+//! Switchyard's cluster runtime: what every node (gateway, room server, match server, or a
+//! logic server of your own) knows about the others, and how it talks to them.
+//!
+//! # Layout
+//! - [`node`]: the node record (id, kind, addresses, routes, state, load).
+//! - `record`: the record as gossiped key/values (pure encode/decode).
+//! - [`membership`]: the membership abstraction and its backends (gossip, local).
+//! - `change`: node events derived from two member lists (pure diff).
+//! - [`cluster`]: the [`Cluster`] handle: members, node events, this node's state and load.
+//! - [`mesh`](crate::Mesh): request/response, reliable and unreliable send-many, handlers.
+//! - `handler`: the handler registry. `pool`: one gRPC channel per peer.
+//! - `service`: the gRPC service peers call. `datagram`: unreliable messages over UDP.
+//! - `auth`: the cluster credential on calls and datagrams. [`metrics`]: metric names.
+
+mod auth;
+mod change;
+pub mod cluster;
+mod datagram;
+mod error;
+mod handler;
+pub mod membership;
+mod mesh;
+pub mod metrics;
+pub mod node;
+mod pool;
+mod record;
+mod service;
+
+pub use auth::{BadSecret, CREDENTIAL_HEADER, Credential};
+pub use change::NodeEvent;
+pub use cluster::{Cluster, InFlight};
+pub use datagram::MAX_DATAGRAM_PAYLOAD;
+pub use error::{HandlerError, MeshError};
+pub use handler::MeshContext;
+pub use mesh::{Delivery, Mesh, MeshSettings, UnreliableReport, command};
+pub use node::{Load, NodeId, NodeInfo, NodeKind, NodeState};
+pub use service::{MeshGrpcService, MeshService};

@@ -1,0 +1,42 @@
+//! A plain cluster node with no services of its own: a stable gossip seed, a mesh ping target,
+//! and the process the cluster tests start and kill.
+
+use clap::Parser;
+use runtime::{ListenDefaults, Listeners, Node, NodeArgs, signal, telemetry};
+use tokio_util::sync::CancellationToken;
+
+/// A Switchyard cluster node without application services.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Config {
+    /// The node's kind, as other nodes see it.
+    #[arg(long, env = "SWITCHYARD_NODE_KIND", default_value = "node")]
+    kind: String,
+
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    telemetry::init_logs(config.node.log_format);
+    let listeners = Listeners::bind(config.node.listen(ListenDefaults::LOOPBACK)).await?;
+    let mut node = Node::start(
+        config.node.node_config(config.kind.as_str()),
+        listeners,
+        |_| {},
+    )
+    .await?;
+    node.serve(|routes| routes).await?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            signal::shutdown().await;
+            shutdown.cancel();
+        }
+    });
+    node.run(shutdown, || async {}).await;
+    Ok(())
+}

@@ -1,0 +1,206 @@
+//! The configuration every node binary shares, flattened into each binary's own `Config`.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, ValueEnum};
+use mesh::{MeshSettings, NodeId, NodeKind, membership::GossipConfig};
+
+/// The secret used when none is configured. Fine on a laptop; never in production.
+pub const DEV_SECRET: &str = "switchyard-dev-secret";
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Cluster, listener and telemetry settings of one node.
+#[derive(Args, Clone, Debug)]
+pub struct NodeArgs {
+    /// This node's id, unique in the cluster. Set it to keep the id across restarts;
+    /// default: `<kind>-<random>`.
+    #[arg(long, env = "SWITCHYARD_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Nodes only see nodes with the same cluster id.
+    #[arg(long, env = "SWITCHYARD_CLUSTER_ID", default_value = "switchyard")]
+    pub cluster_id: String,
+
+    /// Shared secret every internal call and datagram carries (8-256 printable characters).
+    #[arg(long, env = "SWITCHYARD_CLUSTER_SECRET", default_value = DEV_SECRET, hide_env_values = true)]
+    pub cluster_secret: String,
+
+    /// Gossip addresses (`host:port`, UDP) of nodes to join through, comma-separated.
+    /// Empty: this node starts a new cluster.
+    #[arg(long, env = "SWITCHYARD_SEEDS", value_delimiter = ',')]
+    pub seeds: Vec<String>,
+
+    /// Address of the node's gRPC server (mesh, health, reflection, the node's services).
+    #[arg(long, env = "SWITCHYARD_GRPC_LISTEN")]
+    pub grpc_listen: Option<SocketAddr>,
+
+    /// Address of the gossip socket (UDP).
+    #[arg(long, env = "SWITCHYARD_GOSSIP_LISTEN")]
+    pub gossip_listen: Option<SocketAddr>,
+
+    /// Address of the HTTP endpoint for `/metrics`, `/healthz` and `/readyz`.
+    #[arg(long, env = "SWITCHYARD_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+
+    /// Host name or IP other nodes use to reach this one; default: the listen address, or
+    /// 127.0.0.1 when listening on all interfaces.
+    #[arg(long, env = "SWITCHYARD_ADVERTISE_HOST")]
+    pub advertise_host: Option<String>,
+
+    /// How often the node gossips, in milliseconds.
+    #[arg(long, env = "SWITCHYARD_GOSSIP_INTERVAL_MS", default_value_t = 100)]
+    pub gossip_interval_ms: u64,
+
+    /// How long a silent node may go before the others drop it, in milliseconds.
+    #[arg(long, env = "SWITCHYARD_FAILURE_DETECTION_MS", default_value_t = 2000)]
+    pub failure_detection_ms: u64,
+
+    /// How often load figures are republished when they changed, in milliseconds.
+    #[arg(long, env = "SWITCHYARD_LOAD_INTERVAL_MS", default_value_t = 1000)]
+    pub load_interval_ms: u64,
+
+    /// How long a node that received SIGTERM may drain before it leaves anyway, in ms.
+    #[arg(long, env = "SWITCHYARD_DRAIN_GRACE_MS", default_value_t = 10_000)]
+    pub drain_grace_ms: u64,
+
+    /// Default timeout of mesh requests and reliable sends, in milliseconds.
+    #[arg(long, env = "SWITCHYARD_MESH_TIMEOUT_MS", default_value_t = 3000)]
+    pub mesh_timeout_ms: u64,
+
+    /// Log format.
+    #[arg(long, env = "SWITCHYARD_LOG_FORMAT", value_enum, default_value_t)]
+    pub log_format: LogFormat,
+
+    /// Once serving, write the node's id and bound addresses (`key=value` lines) to this file.
+    /// Lets scripts and tests use port 0.
+    #[arg(long, env = "SWITCHYARD_READY_FILE")]
+    pub ready_file: Option<PathBuf>,
+}
+
+/// Default listen addresses, chosen by each binary.
+#[derive(Clone, Copy, Debug)]
+pub struct ListenDefaults {
+    /// gRPC server.
+    pub grpc: SocketAddr,
+    /// Gossip socket.
+    pub gossip: SocketAddr,
+    /// Admin HTTP.
+    pub admin: SocketAddr,
+}
+
+impl ListenDefaults {
+    /// Every listener on 127.0.0.1 with a free port.
+    pub const LOOPBACK: ListenDefaults = ListenDefaults {
+        grpc: SocketAddr::V4(std::net::SocketAddrV4::new(
+            std::net::Ipv4Addr::LOCALHOST,
+            0,
+        )),
+        gossip: SocketAddr::V4(std::net::SocketAddrV4::new(
+            std::net::Ipv4Addr::LOCALHOST,
+            0,
+        )),
+        admin: SocketAddr::V4(std::net::SocketAddrV4::new(
+            std::net::Ipv4Addr::LOCALHOST,
+            0,
+        )),
+    };
+}
+
+/// Everything [`crate::Node::start`] needs, independent of how it was configured.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Node id.
+    pub id: NodeId,
+    /// Node kind.
+    pub kind: NodeKind,
+    /// Cluster secret.
+    pub secret: String,
+    /// Gossip membership settings.
+    pub gossip: GossipConfig,
+    /// Mesh timeouts.
+    pub mesh: MeshSettings,
+    /// Host advertised to peers, if not the listen address.
+    pub advertise_host: Option<String>,
+    /// How often load is republished.
+    pub load_interval: Duration,
+    /// Drain grace period on shutdown.
+    pub drain_grace: Duration,
+    /// Where to write bound addresses once serving.
+    pub ready_file: Option<PathBuf>,
+}
+
+impl NodeConfig {
+    /// Defaults for a node of `kind`: a new cluster, the development secret, a random id.
+    pub fn new(kind: impl Into<NodeKind>) -> Self {
+        let kind = kind.into();
+        Self {
+            id: random_id(&kind),
+            kind,
+            secret: DEV_SECRET.to_owned(),
+            gossip: GossipConfig::default(),
+            mesh: MeshSettings::default(),
+            advertise_host: None,
+            load_interval: Duration::from_secs(1),
+            drain_grace: Duration::from_secs(10),
+            ready_file: None,
+        }
+    }
+}
+
+impl NodeArgs {
+    /// The node configuration these arguments describe.
+    pub fn node_config(&self, kind: impl Into<NodeKind>) -> NodeConfig {
+        let kind = kind.into();
+        let timeout = Duration::from_millis(self.mesh_timeout_ms);
+        NodeConfig {
+            id: self
+                .node_id
+                .clone()
+                .map_or_else(|| random_id(&kind), NodeId::from),
+            kind,
+            secret: self.cluster_secret.clone(),
+            gossip: GossipConfig {
+                cluster_id: self.cluster_id.clone(),
+                seeds: self
+                    .seeds
+                    .iter()
+                    .filter(|s| !s.is_empty())
+                    .cloned()
+                    .collect(),
+                gossip_interval: Duration::from_millis(self.gossip_interval_ms.max(10)),
+                failure_detection: Duration::from_millis(self.failure_detection_ms.max(100)),
+            },
+            mesh: MeshSettings {
+                request_timeout: timeout,
+                send_many_timeout: timeout,
+                ..MeshSettings::default()
+            },
+            advertise_host: self.advertise_host.clone(),
+            load_interval: Duration::from_millis(self.load_interval_ms.max(10)),
+            drain_grace: Duration::from_millis(self.drain_grace_ms),
+            ready_file: self.ready_file.clone(),
+        }
+    }
+
+    /// The listen addresses: configured ones, else the binary's defaults.
+    pub fn listen(&self, defaults: ListenDefaults) -> ListenDefaults {
+        ListenDefaults {
+            grpc: self.grpc_listen.unwrap_or(defaults.grpc),
+            gossip: self.gossip_listen.unwrap_or(defaults.gossip),
+            admin: self.admin_listen.unwrap_or(defaults.admin),
+        }
+    }
+}
+
+fn random_id(kind: &NodeKind) -> NodeId {
+    NodeId::new(format!("{kind}-{:06x}", rand::random::<u32>() & 0xff_ffff))
+}

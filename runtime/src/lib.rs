@@ -1,0 +1,23 @@
+//! What every Switchyard server binary shares: configuration, telemetry, the admin endpoint,
+//! the node's gRPC server and the one shutdown sequence.
+//!
+//! A binary's `main` parses its `Config` (with [`NodeArgs`] flattened in), calls
+//! [`telemetry::init_logs`], binds [`Listeners`], and hands them to its library's `run`, which
+//! [`Node::start`]s, [`Node::serve`]s its services and [`Node::run`]s until the shutdown token
+//! is cancelled (by [`signal::shutdown`] in `main`, by the test in tests).
+//!
+//! # Layout
+//! - [`config`]: [`NodeArgs`] (command line and environment) and [`NodeConfig`].
+//! - [`node`]: [`Node`]: joins the cluster, serves gRPC, runs the shutdown sequence.
+//! - `admin`: `/metrics`, `/healthz`, `/readyz`.
+//! - [`telemetry`]: log subscriber and Prometheus recorder.
+//! - [`signal`]: SIGTERM/SIGINT, for `main` only.
+
+mod admin;
+pub mod config;
+pub mod node;
+pub mod signal;
+pub mod telemetry;
+
+pub use config::{ListenDefaults, LogFormat, NodeArgs, NodeConfig};
+pub use node::{BoundAddrs, Listeners, Node, StartError};

@@ -1,0 +1,349 @@
+//! A running node: membership, mesh, the gRPC server, the admin endpoint and the shutdown
+//! sequence every binary follows.
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use mesh::{
+    Cluster, Credential, Mesh, NodeInfo,
+    cluster::new_record,
+    membership::{GossipMembership, Membership},
+};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::service::Routes;
+use tonic_health::{ServingStatus, server::HealthReporter};
+use tracing::{info, warn};
+
+use crate::{admin, config::NodeConfig, telemetry};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not be bound.
+    #[error("cannot bind {what} on {addr}: {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The cluster secret is unusable.
+    #[error(transparent)]
+    Secret(#[from] mesh::BadSecret),
+    /// The advertised host does not resolve.
+    #[error("cannot resolve the advertised host {host:?}: {reason}")]
+    Advertise {
+        /// The host.
+        host: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Gossip could not start.
+    #[error("cannot start gossip membership: {0}")]
+    Gossip(std::io::Error),
+    /// The ready file could not be written.
+    #[error("cannot write the ready file: {0}")]
+    ReadyFile(std::io::Error),
+}
+
+/// The sockets a node serves on, bound before the node starts (so port 0 works).
+#[derive(Debug)]
+pub struct Listeners {
+    /// gRPC server.
+    pub grpc: TcpListener,
+    /// Admin HTTP (`/metrics`, `/healthz`, `/readyz`).
+    pub admin: TcpListener,
+    /// Unreliable mesh messages (bound on the gRPC address's IP, any port).
+    pub datagram: UdpSocket,
+    /// Gossip address (chitchat binds it itself).
+    pub gossip: SocketAddr,
+}
+
+impl Listeners {
+    /// Binds the gRPC and admin listeners and the datagram socket.
+    pub async fn bind(addrs: crate::ListenDefaults) -> Result<Self, StartError> {
+        let bind_err = |what, addr| move |source| StartError::Bind { what, addr, source };
+        let grpc = TcpListener::bind(addrs.grpc)
+            .await
+            .map_err(bind_err("grpc", addrs.grpc))?;
+        let admin = TcpListener::bind(addrs.admin)
+            .await
+            .map_err(bind_err("admin", addrs.admin))?;
+        let datagram_addr = SocketAddr::new(addrs.grpc.ip(), 0);
+        let datagram = UdpSocket::bind(datagram_addr)
+            .await
+            .map_err(bind_err("datagram", datagram_addr))?;
+        Ok(Self {
+            grpc,
+            admin,
+            datagram,
+            gossip: addrs.gossip,
+        })
+    }
+
+    /// Every listener on 127.0.0.1 with a free port: for tests and benchmarks.
+    pub async fn loopback() -> Result<Self, StartError> {
+        Self::bind(crate::ListenDefaults::LOOPBACK).await
+    }
+}
+
+/// The addresses a node serves on, as peers and clients reach them.
+#[derive(Clone, Debug)]
+pub struct BoundAddrs {
+    /// gRPC server (advertised).
+    pub grpc: SocketAddr,
+    /// Gossip socket (advertised).
+    pub gossip: SocketAddr,
+    /// Admin HTTP (as bound).
+    pub admin: SocketAddr,
+}
+
+/// A node that has joined the cluster. Add services with [`Node::serve`], then [`Node::run`].
+pub struct Node {
+    config: NodeConfig,
+    cluster: Cluster,
+    mesh: Mesh,
+    health: HealthReporter,
+    addrs: BoundAddrs,
+    listeners: Option<(TcpListener, TcpListener)>,
+    /// Stops the servers and background tasks, after the node has left.
+    stop: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Node {
+    /// Joins the cluster (publishes this node's record, starts gossip and the mesh). Nothing is
+    /// served until [`Node::serve`]; peers that call in the meantime wait in the listen backlog.
+    pub async fn start(
+        config: NodeConfig,
+        listeners: Listeners,
+        prepare: impl FnOnce(&mut NodeInfo),
+    ) -> Result<Self, StartError> {
+        let credential = Credential::new(&config.secret)?;
+        if config.secret == crate::config::DEV_SECRET {
+            warn!(
+                "using the development cluster secret; set SWITCHYARD_CLUSTER_SECRET in production"
+            );
+        }
+        let grpc_local = local_addr(&listeners.grpc)?;
+        let admin = local_addr(&listeners.admin)?;
+        let datagram_local =
+            listeners
+                .datagram
+                .local_addr()
+                .map_err(|source| StartError::Bind {
+                    what: "datagram",
+                    addr: grpc_local,
+                    source,
+                })?;
+        let host = advertised_ip(config.advertise_host.as_deref(), grpc_local.ip()).await?;
+        let mut me = new_record(
+            config.id.clone(),
+            config.kind.clone(),
+            SocketAddr::new(host, grpc_local.port()),
+            SocketAddr::new(host, datagram_local.port()),
+        );
+        prepare(&mut me);
+        let membership = GossipMembership::start(&config.gossip, &me, listeners.gossip)
+            .await
+            .map_err(StartError::Gossip)?;
+        let gossip = SocketAddr::new(host, membership.gossip_addr().port());
+        let membership: Arc<dyn Membership> = Arc::new(membership);
+
+        // Make sure the metrics recorder exists before anything records.
+        let _ = telemetry::metrics();
+        let stop = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let cluster = Cluster::start(
+            membership,
+            me.clone(),
+            config.load_interval,
+            stop.clone(),
+            &tracker,
+        )
+        .await;
+        let mesh = Mesh::start(
+            cluster.clone(),
+            credential,
+            config.mesh.clone(),
+            listeners.datagram,
+            stop.clone(),
+            &tracker,
+        );
+        let (health, _) = tonic_health::server::health_reporter();
+        info!(node = %me.id, kind = %me.kind, grpc = %me.grpc_addr, %gossip, %admin, "node joined the cluster");
+        Ok(Self {
+            config,
+            cluster,
+            mesh,
+            health,
+            addrs: BoundAddrs {
+                grpc: me.grpc_addr,
+                gossip,
+                admin,
+            },
+            listeners: Some((listeners.grpc, listeners.admin)),
+            stop,
+            tracker,
+        })
+    }
+
+    /// The cluster as this node sees it.
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    /// This node's mesh.
+    pub fn mesh(&self) -> &Mesh {
+        &self.mesh
+    }
+
+    /// The addresses this node serves on.
+    pub fn addrs(&self) -> &BoundAddrs {
+        &self.addrs
+    }
+
+    /// Starts the gRPC server (mesh, health, reflection, plus whatever `add_services` adds)
+    /// and the admin endpoint, then writes the ready file if one is configured. Call once.
+    pub async fn serve(
+        &mut self,
+        add_services: impl FnOnce(Routes) -> Routes,
+    ) -> Result<(), StartError> {
+        let Some((grpc, admin)) = self.listeners.take() else {
+            return Ok(());
+        };
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_service_status("", ServingStatus::Serving).await;
+        self.health = health;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .expect("the embedded descriptor set is valid");
+        let routes = Routes::new(self.mesh.grpc_service())
+            .add_service(health_service)
+            .add_service(reflection);
+        self.spawn_servers(grpc, admin, add_services(routes));
+        self.write_ready_file()
+    }
+
+    fn spawn_servers(&self, grpc: TcpListener, admin: TcpListener, routes: Routes) {
+        let stop = self.stop.clone();
+        self.tracker.spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stop.cancelled_owned())
+                .await;
+            if let Err(error) = served {
+                warn!(%error, "gRPC server stopped");
+            }
+        });
+        self.tracker.spawn(admin::serve(
+            admin,
+            self.cluster.clone(),
+            telemetry::metrics(),
+            self.stop.clone(),
+        ));
+    }
+
+    fn write_ready_file(&self) -> Result<(), StartError> {
+        let Some(path) = &self.config.ready_file else {
+            return Ok(());
+        };
+        let text = format!(
+            "node_id={}\ngrpc={}\ngossip={}\nadmin={}\n",
+            self.cluster.self_id(),
+            self.addrs.grpc,
+            self.addrs.gossip,
+            self.addrs.admin
+        );
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .map_err(StartError::ReadyFile)
+    }
+
+    /// Serves until `shutdown` is cancelled, then: marks the node offline (peers stop sending
+    /// new work), runs `drain` within the grace period (warning when it expires), leaves the
+    /// cluster, stops the servers and waits for every task.
+    pub async fn run<F, Fut>(self, shutdown: CancellationToken, drain: F)
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        shutdown.cancelled().await;
+        self.shutdown(drain).await;
+    }
+
+    /// The shutdown sequence of [`Node::run`], started at once.
+    pub async fn shutdown<F, Fut>(self, drain: F)
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let node = self.cluster.self_id();
+        info!(%node, grace = ?self.config.drain_grace, "shutting down: going offline");
+        self.cluster.go_offline().await;
+        self.health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        // Give gossip a few rounds to carry "offline" to every peer before draining, so no
+        // peer places new work here while we drain.
+        tokio::time::sleep(self.config.gossip.gossip_interval * 3).await;
+        if tokio::time::timeout(self.config.drain_grace, drain())
+            .await
+            .is_err()
+        {
+            warn!(%node, grace = ?self.config.drain_grace, "drain grace period expired; leaving with work in progress");
+        }
+        self.cluster.leave().await;
+        self.stop.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(Duration::from_secs(5), self.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(%node, "some tasks did not stop within 5 s");
+        }
+        info!(%node, "node stopped");
+    }
+}
+
+fn local_addr(listener: &TcpListener) -> Result<SocketAddr, StartError> {
+    listener.local_addr().map_err(|source| StartError::Bind {
+        what: "listener",
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        source,
+    })
+}
+
+async fn advertised_ip(
+    host: Option<&str>,
+    listen: std::net::IpAddr,
+) -> Result<std::net::IpAddr, StartError> {
+    match host {
+        None if listen.is_unspecified() => Ok(std::net::IpAddr::from([127, 0, 0, 1])),
+        None => Ok(listen),
+        Some(host) => {
+            if let Ok(ip) = host.parse() {
+                return Ok(ip);
+            }
+            let mut addrs =
+                tokio::net::lookup_host((host, 0))
+                    .await
+                    .map_err(|e| StartError::Advertise {
+                        host: host.to_owned(),
+                        reason: e.to_string(),
+                    })?;
+            addrs
+                .next()
+                .map(|a| a.ip())
+                .ok_or_else(|| StartError::Advertise {
+                    host: host.to_owned(),
+                    reason: "no address".into(),
+                })
+        }
+    }
+}
