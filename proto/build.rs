@@ -6,7 +6,12 @@ use std::{env, fs, path::PathBuf};
 
 use prost::Message;
 
-const PROTOS: &[&str] = &["proto/switchyard/mesh/v1/mesh.proto"];
+const PROTOS: &[&str] = &[
+    "proto/switchyard/mesh/v1/mesh.proto",
+    "proto/switchyard/client/v1/client.proto",
+    "proto/switchyard/logic/v1/logic.proto",
+    "proto/switchyard/gateway/v1/gateway.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = protox::compile(PROTOS, ["proto"])?;

@@ -18,7 +18,7 @@ require() {
 }
 
 servers=(gateway logic-room logic-match)
-workspace_crates=(mesh runtime gateway logic-room logic-match client-sim bench)
+workspace_crates=(mesh runtime wire logic-sdk client gateway logic-room logic-match client-sim bench)
 
 # proto depends on no workspace crate.
 for crate in "${workspace_crates[@]}"; do forbid proto "$crate"; done
@@ -26,10 +26,20 @@ for crate in "${workspace_crates[@]}"; do forbid proto "$crate"; done
 for a in "${servers[@]}"; do for b in "${servers[@]}"; do [ "$a" = "$b" ] || forbid "$a" "$b"; done; done
 # The cluster runtime knows nothing of servers, clients or the runtime shell around it.
 for crate in runtime gateway logic-room logic-match client-sim; do forbid mesh "$crate"; done
+# Shared crates stay below the servers: the SDK, the client library and the wire format
+# depend on no server crate.
+for shared in logic-sdk client wire runtime; do for server in "${servers[@]}"; do forbid "$shared" "$server"; done; done
+# The client library is for clients: it knows nothing of the cluster.
+for crate in mesh runtime logic-sdk; do forbid client "$crate"; done
+# Only the gateway and client code (the client library, the wire format, the load generator)
+# depend on the WebSocket library.
+for crate in mesh runtime logic-sdk logic-room logic-match; do forbid "$crate" tungstenite; done
 # Positive controls: the checks above would see a real edge.
 require runtime mesh
 require gateway runtime
 require mesh proto
+require gateway tungstenite
+require client wire
 
 if [ "$failed" -ne 0 ]; then exit 1; fi
 echo "dependency checks passed"

@@ -4,10 +4,13 @@
 //!
 //! # Layout
 //! - `mesh_rr`: scenario `mesh` (mesh request/response vs bare tonic unary).
+//! - `gateway_rr`: scenario `gateway` (client → gateway → echo logic server, vs bare WebSocket
+//!   echo and bare tonic unary).
 //! - `child`: server processes the harness starts (this binary, hidden subcommands).
 //! - `stats`: histograms and spreads.
 
 mod child;
+mod gateway_rr;
 mod mesh_rr;
 mod stats;
 
@@ -29,6 +32,17 @@ struct Cli {
 enum Scenario {
     /// Mesh request/response between two nodes vs a bare tonic unary call.
     Mesh(mesh_rr::MeshArgs),
+    /// Client → gateway → echo logic server vs a bare WebSocket echo and a bare tonic call.
+    Gateway(gateway_rr::GatewayArgs),
+    /// (internal) a gateway.
+    #[command(hide = true)]
+    ServeGateway,
+    /// (internal) the echo logic server.
+    #[command(hide = true)]
+    ServeEchoLogic(gateway_rr::EchoArgs),
+    /// (internal) a bare WebSocket echo server.
+    #[command(hide = true)]
+    ServeBareWs,
     /// (internal) a node answering mesh pings.
     #[command(hide = true)]
     ServeMeshNode,
@@ -115,6 +129,10 @@ fn main() -> anyhow::Result<()> {
         match cli.scenario {
             Scenario::Mesh(args) => mesh_rr::run(args).await,
             Scenario::ServeMeshNode => mesh_rr::serve_node().await,
+            Scenario::Gateway(args) => gateway_rr::run(args).await,
+            Scenario::ServeGateway => gateway_rr::serve_gateway().await,
+            Scenario::ServeEchoLogic(args) => gateway_rr::serve_echo_logic(args).await,
+            Scenario::ServeBareWs => gateway_rr::serve_bare_ws().await,
             Scenario::ServeBareGrpc => mesh_rr::serve_bare().await,
         }
     })

@@ -1,17 +1,51 @@
-//! The gateway (external server): holds client connections and routes their commands to logic servers.
+//! The gateway (the "external server"): holds every client connection (WebSocket or TCP),
+//! keeps each user's session and bindings, and routes every client command over gRPC to the
+//! right logic server.
 //!
 //! # Layout
-//! - [`Config`]: command line and environment.
-//! - [`run`]: joins the cluster as a `gateway` node and serves until shutdown.
+//! - [`Config`], [`Listeners`], [`run`]: configuration and the gateway's life.
+//! - `transport`: accept loops for WebSocket (`/ws`) and TCP.
+//! - `connection`: one connection: reader (frames, heartbeats, idle timeout, bounded requests in
+//!   flight) and writer (bounded queue, batching, slow-client cut-off).
+//! - `session`: a session's state, outbound queue, pushes, kicks. `sessions`: the table and the
+//!   user index.
+//! - `gateway`: shared state and the request path (route, call the logic node, apply login,
+//!   "me" bindings and attributes, answer); drain.
+//! - `router`: where a request goes (pure decision over route table, bindings and load).
+//! - `binding`: bind modes (pure). `service`: the gRPC Gateway service (bind, push, kick,
+//!   presence, forwarded across gateways). [`metrics`]: metric names.
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+mod binding;
+mod connection;
+mod gateway;
+pub mod metrics;
+mod router;
+mod service;
+mod session;
+mod sessions;
+mod transport;
+
+use std::{
+    collections::HashSet,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    num::NonZeroU32,
+    time::Duration,
+};
 
 use clap::Parser;
 use mesh::NodeKind;
-use runtime::{ListenDefaults, Listeners, Node, NodeArgs};
+use proto::gateway::v1::gateway_server::GatewayServer;
+use runtime::{ListenDefaults, Node, NodeArgs};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// Where `gateway` listens unless configured otherwise.
+use crate::{
+    gateway::{Gateway, Limits},
+    service::GatewayService,
+    session::SessionLimits,
+};
+
+/// Where the gateway's cluster listeners go unless configured otherwise.
 pub const LISTEN_DEFAULTS: ListenDefaults = ListenDefaults {
     grpc: loopback(7100),
     gossip: loopback(7946),
@@ -22,28 +56,194 @@ const fn loopback(port: u16) -> SocketAddr {
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
 }
 
-/// Configuration of `gateway`.
+/// Configuration of the gateway.
 #[derive(Parser, Debug, Clone)]
 #[command(version, about)]
 pub struct Config {
     /// Cluster, listener and telemetry settings.
     #[command(flatten)]
     pub node: NodeArgs,
+
+    /// WebSocket listener for clients (upgrade path `/ws`).
+    #[arg(long, env = "SWITCHYARD_WS_LISTEN", default_value = "127.0.0.1:7000")]
+    pub ws_listen: SocketAddr,
+
+    /// TCP listener for clients (4-byte big-endian length prefix per frame).
+    #[arg(long, env = "SWITCHYARD_TCP_LISTEN", default_value = "127.0.0.1:7001")]
+    pub tcp_listen: SocketAddr,
+
+    /// Host clients are told to connect to (in this gateway's announced client addresses);
+    /// default: the advertised host.
+    #[arg(long, env = "SWITCHYARD_PUBLIC_HOST")]
+    pub public_host: Option<String>,
+
+    /// Largest frame a client may send, in bytes; larger frames close the connection.
+    #[arg(long, env = "SWITCHYARD_MAX_FRAME_BYTES", default_value_t = wire::DEFAULT_MAX_FRAME)]
+    pub max_frame_bytes: usize,
+
+    /// A connection with no traffic (requests or heartbeats) for this long is closed, in ms.
+    #[arg(long, env = "SWITCHYARD_IDLE_TIMEOUT_MS", default_value_t = 30_000)]
+    pub idle_timeout_ms: u64,
+
+    /// Frames queued for one client before it counts as not reading and is dropped.
+    #[arg(long, env = "SWITCHYARD_OUTBOUND_QUEUE", default_value_t = 1024)]
+    pub outbound_queue: usize,
+
+    /// Requests of one connection handled at once; more wait (and the connection is not read).
+    #[arg(long, env = "SWITCHYARD_MAX_IN_FLIGHT", default_value_t = 64)]
+    pub max_in_flight: usize,
+
+    /// Requests per second one connection may send (0 = unlimited).
+    #[arg(long, env = "SWITCHYARD_RATE_LIMIT", default_value_t = 200)]
+    pub rate_limit: u32,
+
+    /// Burst above the rate limit.
+    #[arg(long, env = "SWITCHYARD_RATE_BURST", default_value_t = 400)]
+    pub rate_burst: u32,
+
+    /// Time a logic server has to answer a routed request, in ms.
+    #[arg(long, env = "SWITCHYARD_REQUEST_TIMEOUT_MS", default_value_t = 5_000)]
+    pub request_timeout_ms: u64,
+
+    /// Routes (`cmd:sub` or a number) that fall back to normal node selection when the user's
+    /// bound node is gone, instead of failing with BOUND_NODE_UNAVAILABLE.
+    #[arg(long, env = "SWITCHYARD_FALLBACK_ROUTES", value_delimiter = ',', value_parser = parse_route)]
+    pub fallback_routes: Vec<u32>,
+
+    /// Sessions this gateway accepts (0 = unlimited); published as its capacity.
+    #[arg(long, env = "SWITCHYARD_MAX_SESSIONS", default_value_t = 0)]
+    pub max_sessions: u64,
 }
 
-/// Joins the cluster and serves until `shutdown` is cancelled, then drains and leaves.
+/// Parses `cmd:sub` or a plain (decimal or 0x-hex) route id.
+pub fn parse_route(text: &str) -> Result<u32, String> {
+    let text = text.trim();
+    if let Some((cmd, sub)) = text.split_once(':') {
+        let cmd: u16 = cmd
+            .parse()
+            .map_err(|_| format!("bad command in route {text:?}"))?;
+        let sub: u16 = sub
+            .parse()
+            .map_err(|_| format!("bad sub-command in route {text:?}"))?;
+        return Ok(proto::route(cmd, sub));
+    }
+    match text.strip_prefix("0x") {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => text.parse(),
+    }
+    .map_err(|_| format!("bad route {text:?}: use cmd:sub or a number"))
+}
+
+/// Every socket the gateway serves on.
+#[derive(Debug)]
+pub struct Listeners {
+    /// Cluster listeners (gRPC, admin, datagram, gossip).
+    pub node: runtime::Listeners,
+    /// WebSocket clients.
+    pub ws: TcpListener,
+    /// TCP clients.
+    pub tcp: TcpListener,
+}
+
+impl Listeners {
+    /// Binds everything `config` asks for.
+    pub async fn bind(config: &Config) -> anyhow::Result<Self> {
+        Ok(Self {
+            node: runtime::Listeners::bind(config.node.listen(LISTEN_DEFAULTS)).await?,
+            ws: TcpListener::bind(config.ws_listen).await?,
+            tcp: TcpListener::bind(config.tcp_listen).await?,
+        })
+    }
+
+    /// Every listener on 127.0.0.1 with a free port: for tests and benchmarks.
+    pub async fn loopback() -> anyhow::Result<Self> {
+        Ok(Self {
+            node: runtime::Listeners::loopback().await?,
+            ws: TcpListener::bind("127.0.0.1:0").await?,
+            tcp: TcpListener::bind("127.0.0.1:0").await?,
+        })
+    }
+}
+
+/// Runs the gateway until `shutdown` is cancelled, then drains (clients are told the gateway
+/// is going offline and given the drain grace to leave) and leaves the cluster.
 pub async fn run(
     config: Config,
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut node_config = config.node.node_config(NodeKind::GATEWAY);
-    let default_seeds: &[&str] = &[];
-    if node_config.gossip.seeds.is_empty() {
-        node_config.gossip.seeds = default_seeds.iter().map(|s| s.to_string()).collect();
-    }
-    let mut node = Node::start(node_config, listeners, |_| {}).await?;
-    node.serve(|routes| routes).await?;
-    node.run(shutdown, || async {}).await;
+    let drain_grace = node_config.drain_grace;
+    // Drain within the node's grace period, keeping a little for leaving.
+    node_config.drain_grace = drain_grace + Duration::from_secs(1);
+    let ws_addr = listeners.ws.local_addr()?;
+    let tcp_addr = listeners.tcp.local_addr()?;
+    let mut node = Node::start(node_config, listeners.node, |record| {
+        let host = config
+            .public_host
+            .clone()
+            .unwrap_or_else(|| record.grpc_addr.ip().to_string());
+        record.client_addr = Some(format!(
+            "ws://{host}:{}/ws,tcp://{host}:{}",
+            ws_addr.port(),
+            tcp_addr.port()
+        ));
+        record.load.capacity = config.max_sessions;
+    })
+    .await?;
+    let gateway = Gateway::new(node.mesh().clone(), limits(&config));
+    let service = node.authenticated(GatewayServer::new(GatewayService(gateway.clone())));
+    node.serve(|routes| routes.add_service(service)).await?;
+    tracing::info!(ws = %ws_addr, tcp = %tcp_addr, "gateway accepting clients");
+
+    let stop_accepting = CancellationToken::new();
+    let accept_tasks = tokio_util::task::TaskTracker::new();
+    accept_tasks.spawn(transport::accept_ws(
+        gateway.clone(),
+        listeners.ws,
+        stop_accepting.clone(),
+    ));
+    accept_tasks.spawn(transport::accept_tcp(
+        gateway.clone(),
+        listeners.tcp,
+        stop_accepting.clone(),
+    ));
+    accept_tasks.close();
+
+    let draining = gateway.clone();
+    node.run(
+        shutdown,
+        || async move { draining.drain(drain_grace).await },
+    )
+    .await;
+    stop_accepting.cancel();
+    accept_tasks.wait().await;
+    gateway.tracker.close();
+    let _ = tokio::time::timeout(Duration::from_secs(3), gateway.tracker.wait()).await;
     Ok(())
+}
+
+fn limits(config: &Config) -> Limits {
+    let rate = NonZeroU32::new(config.rate_limit).map(|rate| {
+        (
+            rate,
+            NonZeroU32::new(config.rate_burst.max(config.rate_limit)).unwrap_or(rate),
+        )
+    });
+    Limits {
+        max_frame: config.max_frame_bytes,
+        idle_timeout: Duration::from_millis(config.idle_timeout_ms.max(100)),
+        request_timeout: Duration::from_millis(config.request_timeout_ms.max(1)),
+        session: SessionLimits {
+            outbound_queue: config.outbound_queue,
+            max_in_flight: config.max_in_flight,
+            rate,
+        },
+        fallback_routes: config
+            .fallback_routes
+            .iter()
+            .copied()
+            .collect::<HashSet<u32>>(),
+        max_sessions: config.max_sessions,
+    }
 }

@@ -1,14 +1,14 @@
 //! `gateway` binary: parse the configuration, start telemetry, bind, run until SIGTERM.
 
 use clap::Parser;
-use runtime::{Listeners, signal, telemetry};
+use runtime::{signal, telemetry};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = gateway::Config::parse();
     telemetry::init_logs(config.node.log_format);
-    let listeners = Listeners::bind(config.node.listen(gateway::LISTEN_DEFAULTS)).await?;
+    let listeners = gateway::Listeners::bind(&config).await?;
     let shutdown = CancellationToken::new();
     tokio::spawn({
         let shutdown = shutdown.clone();

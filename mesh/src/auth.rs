@@ -81,9 +81,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Adds the credential to outgoing calls.
+/// Adds the cluster credential to outgoing calls.
 #[derive(Clone)]
-pub(crate) struct AddCredential(pub(crate) AsciiMetadataValue);
+pub struct AddCredential(AsciiMetadataValue);
 
 impl Interceptor for AddCredential {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
@@ -97,6 +97,12 @@ impl Interceptor for AddCredential {
 impl Credential {
     pub(crate) fn client_interceptor(&self) -> AddCredential {
         AddCredential(self.header.clone())
+    }
+
+    /// The interceptor that rejects calls without this credential; wrap every internal
+    /// service with it.
+    pub fn server_interceptor(&self) -> CheckCredential {
+        CheckCredential(self.clone())
     }
 }
 

@@ -85,6 +85,7 @@ mod tests {
             datagram_addr: "127.0.0.1:2".parse().expect("literal"),
             client_addr: None,
             routes: vec![],
+            public_routes: vec![],
             state,
             load: Load {
                 sessions,

@@ -142,11 +142,19 @@ impl Cluster {
         InFlight(self.clone())
     }
 
-    /// Replaces the routes this node serves and publishes them at once.
-    pub async fn set_routes(&self, mut routes: Vec<u32>) {
+    /// Replaces the routes this node serves (and those callable before login) and publishes
+    /// them at once.
+    pub async fn set_routes(&self, mut routes: Vec<u32>, mut public_routes: Vec<u32>) {
         routes.sort_unstable();
         routes.dedup();
-        self.lock_me().routes = routes;
+        public_routes.retain(|r| routes.binary_search(r).is_ok());
+        public_routes.sort_unstable();
+        public_routes.dedup();
+        {
+            let mut me = self.lock_me();
+            me.routes = routes;
+            me.public_routes = public_routes;
+        }
         self.publish().await;
     }
 
@@ -161,6 +169,13 @@ impl Cluster {
     pub async fn leave(&self) {
         self.inner.membership.leave().await;
         info!(node = %self.self_id(), "node left the cluster");
+    }
+
+    /// Stops taking part without a word, as a crashed node would: peers notice only through
+    /// failure detection. For fault-injection tests.
+    pub async fn abort(&self) {
+        self.inner.membership.abort().await;
+        warn!(node = %self.self_id(), "node aborted: it stopped gossiping without leaving");
     }
 
     async fn publish(&self) {
@@ -264,6 +279,7 @@ pub fn new_record(
         datagram_addr,
         client_addr: None,
         routes: Vec::new(),
+        public_routes: Vec::new(),
         state: NodeState::Online,
         load: Load::default(),
         version: env!("CARGO_PKG_VERSION").to_owned(),

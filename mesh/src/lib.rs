@@ -26,7 +26,7 @@ mod pool;
 mod record;
 mod service;
 
-pub use auth::{BadSecret, CREDENTIAL_HEADER, Credential};
+pub use auth::{AddCredential, BadSecret, CREDENTIAL_HEADER, CheckCredential, Credential};
 pub use change::NodeEvent;
 pub use cluster::{Cluster, InFlight};
 pub use datagram::MAX_DATAGRAM_PAYLOAD;
@@ -34,4 +34,5 @@ pub use error::{HandlerError, MeshError};
 pub use handler::MeshContext;
 pub use mesh::{Delivery, Mesh, MeshSettings, UnreliableReport, command};
 pub use node::{Load, NodeId, NodeInfo, NodeKind, NodeState};
+pub use pool::PeerChannel;
 pub use service::{MeshGrpcService, MeshService};

@@ -22,7 +22,7 @@ use crate::{
     handler::{self, DispatchError, Handlers, MeshContext},
     metrics,
     node::NodeId,
-    pool::PeerPool,
+    pool::{PeerChannel, PeerPool},
     service::{self, MeshGrpcService, MeshService},
 };
 
@@ -168,6 +168,17 @@ impl Mesh {
         self.inner
             .handlers
             .add(command, handler::message_handler(f));
+    }
+
+    /// The pooled, credentialed channel to a member node, for the node's other gRPC services
+    /// (one connection per peer, shared with the mesh).
+    pub fn peer_channel(&self, node: &NodeId) -> Result<PeerChannel, MeshError> {
+        let info = self
+            .inner
+            .cluster
+            .node(node)
+            .ok_or_else(|| MeshError::NodeUnknown(node.clone()))?;
+        Ok(self.inner.pool.channel(node, info.grpc_addr))
     }
 
     /// True when a handler is registered here for `command`.

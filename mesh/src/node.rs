@@ -136,6 +136,8 @@ pub struct NodeInfo {
     pub client_addr: Option<String>,
     /// Client route ids (`cmd << 16 | sub_cmd`) this node serves, sorted and deduplicated.
     pub routes: Vec<u32>,
+    /// The subset of `routes` clients may call before logging in (login itself, say).
+    pub public_routes: Vec<u32>,
     /// Online or draining.
     pub state: NodeState,
     /// Latest published load figures.
@@ -155,5 +157,10 @@ impl NodeInfo {
     /// True when the node announces `route` among the routes it serves.
     pub fn serves(&self, route: u32) -> bool {
         self.routes.binary_search(&route).is_ok()
+    }
+
+    /// True when `route` is served here and callable before login.
+    pub fn serves_publicly(&self, route: u32) -> bool {
+        self.public_routes.binary_search(&route).is_ok()
     }
 }

@@ -22,13 +22,17 @@ use crate::{
     node::NodeId,
 };
 
-pub(crate) type PeerClient = MeshClient<InterceptedService<Channel, AddCredential>>;
+/// A pooled channel to a peer with the cluster credential on every call: build any generated
+/// gRPC client on it (`LogicClient::new(channel)`); clones share the one connection.
+pub type PeerChannel = InterceptedService<Channel, AddCredential>;
+
+pub(crate) type PeerClient = MeshClient<PeerChannel>;
 
 /// Peer channels by node id. A channel connects lazily and reconnects by itself; it is dropped
 /// when its node leaves the member list and replaced when the node's address changes.
 #[derive(Clone)]
 pub(crate) struct PeerPool {
-    peers: Arc<RwLock<HashMap<NodeId, (SocketAddr, PeerClient)>>>,
+    peers: Arc<RwLock<HashMap<NodeId, (SocketAddr, Channel)>>>,
     credential: Credential,
     connect_timeout: Duration,
 }
@@ -42,31 +46,38 @@ impl PeerPool {
         }
     }
 
-    /// The client for `node` at `addr`, creating the channel on first use.
+    /// The mesh client for `node` at `addr`, creating the channel on first use.
     pub(crate) fn client(&self, node: &NodeId, addr: SocketAddr) -> PeerClient {
-        if let Some((known, client)) = self.read().get(node)
-            && *known == addr
-        {
-            return client.clone();
-        }
-        let client = self.connect(addr);
-        let mut peers = self
-            .peers
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        peers.insert(node.clone(), (addr, client.clone()));
-        client
+        MeshClient::new(self.channel(node, addr))
     }
 
-    fn connect(&self, addr: SocketAddr) -> PeerClient {
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
+    /// The credentialed channel to `node` at `addr`, creating it on first use.
+    pub(crate) fn channel(&self, node: &NodeId, addr: SocketAddr) -> PeerChannel {
+        let known = self
+            .read()
+            .get(node)
+            .filter(|(a, _)| *a == addr)
+            .map(|(_, c)| c.clone());
+        let channel = known.unwrap_or_else(|| {
+            let channel = self.connect(addr);
+            let mut peers = self
+                .peers
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            peers.insert(node.clone(), (addr, channel.clone()));
+            channel
+        });
+        InterceptedService::new(channel, self.credential.client_interceptor())
+    }
+
+    fn connect(&self, addr: SocketAddr) -> Channel {
+        Endpoint::from_shared(format!("http://{addr}"))
             .expect("a socket address is a valid URI authority")
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))
-            .connect_lazy();
-        MeshClient::with_interceptor(channel, self.credential.client_interceptor())
+            .connect_lazy()
     }
 
     /// Drops channels of nodes that are no longer members.
@@ -97,7 +108,7 @@ impl PeerPool {
         }
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<NodeId, (SocketAddr, PeerClient)>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<NodeId, (SocketAddr, Channel)>> {
         self.peers
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -12,6 +12,7 @@ pub(crate) mod key {
     pub(crate) const DATAGRAM: &str = "dgram";
     pub(crate) const CLIENT: &str = "client";
     pub(crate) const ROUTES: &str = "routes";
+    pub(crate) const PUBLIC: &str = "public";
     pub(crate) const STATE: &str = "state";
     pub(crate) const LOAD: &str = "load";
     pub(crate) const VERSION: &str = "version";
@@ -48,6 +49,7 @@ pub(crate) fn encode(info: &NodeInfo) -> Vec<(&'static str, String)> {
         (key::GRPC, info.grpc_addr.to_string()),
         (key::DATAGRAM, info.datagram_addr.to_string()),
         (key::ROUTES, encode_routes(&info.routes)),
+        (key::PUBLIC, encode_routes(&info.public_routes)),
         (key::STATE, info.state.as_str().to_owned()),
         (key::LOAD, encode_load(&info.load)),
         (key::VERSION, info.version.clone()),
@@ -94,13 +96,8 @@ pub(crate) fn decode<'a>(
         let v = required(k)?;
         v.parse().map_err(|_| bad(k, v))
     };
-    let routes_value = get(key::ROUTES).unwrap_or("");
-    let mut routes = Vec::new();
-    for part in routes_value.split(',').filter(|p| !p.is_empty()) {
-        routes.push(u32::from_str_radix(part, 16).map_err(|_| bad(key::ROUTES, routes_value))?);
-    }
-    routes.sort_unstable();
-    routes.dedup();
+    let routes = decode_routes(key::ROUTES, get(key::ROUTES).unwrap_or(""))?;
+    let public_routes = decode_routes(key::PUBLIC, get(key::PUBLIC).unwrap_or(""))?;
     let load_value = required(key::LOAD)?;
     let load = decode_load(load_value).ok_or_else(|| bad(key::LOAD, load_value))?;
     let started = required(key::STARTED)?;
@@ -111,11 +108,22 @@ pub(crate) fn decode<'a>(
         datagram_addr: addr(key::DATAGRAM)?,
         client_addr: get(key::CLIENT).map(str::to_owned),
         routes,
+        public_routes,
         state,
         load,
         version: get(key::VERSION).unwrap_or("").to_owned(),
         started_at_ms: started.parse().map_err(|_| bad(key::STARTED, started))?,
     })))
+}
+
+fn decode_routes(key: &'static str, value: &str) -> Result<Vec<u32>, RecordError> {
+    let mut routes = Vec::new();
+    for part in value.split(',').filter(|p| !p.is_empty()) {
+        routes.push(u32::from_str_radix(part, 16).map_err(|_| bad(key, value))?);
+    }
+    routes.sort_unstable();
+    routes.dedup();
+    Ok(routes)
 }
 
 fn decode_load(value: &str) -> Option<Load> {
@@ -150,6 +158,7 @@ mod tests {
             datagram_addr: "127.0.0.1:7201".parse().expect("literal"),
             client_addr: None,
             routes: vec![0x0002_0001, 0x0002_0002],
+            public_routes: vec![0x0002_0001],
             state: NodeState::Online,
             load: Load {
                 sessions: 3,

@@ -3,6 +3,7 @@
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
+use mesh::CheckCredential;
 use mesh::{
     Cluster, Credential, Mesh, NodeInfo,
     cluster::new_record,
@@ -11,7 +12,7 @@ use mesh::{
 use tokio::net::{TcpListener, UdpSocket};
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tonic::service::Routes;
+use tonic::service::{Routes, interceptor::InterceptedService};
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tracing::{info, warn};
 
@@ -104,6 +105,7 @@ pub struct BoundAddrs {
 /// A node that has joined the cluster. Add services with [`Node::serve`], then [`Node::run`].
 pub struct Node {
     config: NodeConfig,
+    credential: Credential,
     cluster: Cluster,
     mesh: Mesh,
     health: HealthReporter,
@@ -167,7 +169,7 @@ impl Node {
         .await;
         let mesh = Mesh::start(
             cluster.clone(),
-            credential,
+            credential.clone(),
             config.mesh.clone(),
             listeners.datagram,
             stop.clone(),
@@ -177,6 +179,7 @@ impl Node {
         info!(node = %me.id, kind = %me.kind, grpc = %me.grpc_addr, %gossip, %admin, "node joined the cluster");
         Ok(Self {
             config,
+            credential,
             cluster,
             mesh,
             health,
@@ -201,6 +204,11 @@ impl Node {
         &self.mesh
     }
 
+    /// Wraps an internal gRPC service so it rejects calls without the cluster credential.
+    pub fn authenticated<S>(&self, service: S) -> InterceptedService<S, CheckCredential> {
+        InterceptedService::new(service, self.credential.server_interceptor())
+    }
+
     /// The addresses this node serves on.
     pub fn addrs(&self) -> &BoundAddrs {
         &self.addrs
@@ -220,6 +228,7 @@ impl Node {
         self.health = health;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .expect("the embedded descriptor set is valid");
         let routes = Routes::new(self.mesh.grpc_service())
@@ -275,6 +284,15 @@ impl Node {
     {
         shutdown.cancelled().await;
         self.shutdown(drain).await;
+    }
+
+    /// Stops as a crash would: no offline notice, no leave, servers closed at once. Peers find
+    /// out through failure detection. For fault-injection tests.
+    pub async fn abort(self) {
+        self.cluster.abort().await;
+        self.stop.cancel();
+        self.tracker.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.tracker.wait()).await;
     }
 
     /// The shutdown sequence of [`Node::run`], started at once.

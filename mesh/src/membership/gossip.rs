@@ -241,6 +241,10 @@ impl Membership for GossipMembership {
         }
         // Two gossip rounds carry the tombstone to peers before we go silent.
         tokio::time::sleep(self.gossip_interval * 3).await;
+        self.abort().await;
+    }
+
+    async fn abort(&self) {
         if let Some(handle) = self.handle.lock().await.take()
             && let Err(error) = handle.shutdown().await
         {

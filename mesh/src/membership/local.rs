@@ -53,4 +53,8 @@ impl Membership for LocalMembership {
     async fn leave(&self) {
         self.members.send_replace(Arc::default());
     }
+
+    async fn abort(&self) {
+        self.members.send_replace(Arc::default());
+    }
 }

@@ -36,4 +36,7 @@ pub trait Membership: Send + Sync + 'static {
 
     /// Announces that this node leaves, gives peers a moment to learn it, and stops taking part.
     async fn leave(&self);
+
+    /// Stops taking part without announcing anything, as a crash would (fault injection).
+    async fn abort(&self);
 }

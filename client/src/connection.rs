@@ -1,0 +1,352 @@
+//! One connection to a gateway: a reader task matching responses to requests by message id and
+//! turning everything else into events; requests are written directly.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use prost::Message;
+use tokio::sync::{mpsc, oneshot};
+use tracing::debug;
+use wire::{Envelope, ErrorCode, FrameError, Kind, envelope};
+
+use crate::transport::{self, Address, FrameSink, FrameStream};
+
+/// Client settings.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Largest frame sent or accepted.
+    pub max_frame: usize,
+    /// How long a request waits for its response.
+    pub request_timeout: Duration,
+    /// Send a heartbeat this often (keeps the gateway's idle timer quiet).
+    pub heartbeat: Option<Duration>,
+    /// Events buffered before the reader waits for the application (and so stops reading
+    /// the socket).
+    pub event_buffer: usize,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            max_frame: wire::DEFAULT_MAX_FRAME,
+            request_timeout: Duration::from_secs(10),
+            heartbeat: Some(Duration::from_secs(10)),
+            event_buffer: 1024,
+        }
+    }
+}
+
+/// Why a request failed before a response arrived.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ClientError {
+    /// Connecting failed.
+    #[error("cannot connect to {address}: {reason}")]
+    Connect {
+        /// Where.
+        address: String,
+        /// Why.
+        reason: String,
+    },
+    /// The connection is closed.
+    #[error("connection closed")]
+    Closed,
+    /// No response within the request timeout.
+    #[error("no response within {0:?}")]
+    Timeout(Duration),
+    /// Sending failed.
+    #[error("send failed: {0}")]
+    Send(String),
+}
+
+/// A response to one request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Response {
+    /// The route requested.
+    pub route: u32,
+    /// 0 on success; else an [`ErrorCode`] or an application code (>= 1000).
+    pub status: u32,
+    /// Error text.
+    pub error: String,
+    /// The payload.
+    pub payload: Bytes,
+}
+
+impl Response {
+    /// True on success.
+    pub fn is_ok(&self) -> bool {
+        self.status == 0
+    }
+
+    /// The gateway error code, when the status is one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        ErrorCode::try_from(self.status as i32).ok()
+    }
+
+    /// Decodes the payload as a protobuf message.
+    pub fn decode<M: Message + Default>(&self) -> Result<M, prost::DecodeError> {
+        M::decode(self.payload.clone())
+    }
+}
+
+/// A server push.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Push {
+    /// The push's route.
+    pub route: u32,
+    /// Per-session sequence number, from 1, without gaps.
+    pub seq: u64,
+    /// The payload.
+    pub payload: Bytes,
+}
+
+/// Things that happen to a connection, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A server push.
+    Push(Push),
+    /// The gateway is going offline (draining); move when convenient.
+    Offline {
+        /// Time left before the gateway closes remaining connections.
+        grace: Duration,
+    },
+    /// The gateway closed the connection with this code and reason.
+    Kicked {
+        /// An [`ErrorCode`] (or an application code).
+        code: u32,
+        /// Why.
+        reason: String,
+    },
+    /// A response matching no request in flight: the gateway's answer to a frame it could not
+    /// read (message id 0), or one that arrived after its request timed out.
+    Unsolicited(Response),
+    /// The connection ended (always the last event).
+    Disconnected {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The event stream of a connection.
+pub struct Events(mpsc::Receiver<Event>);
+
+impl Events {
+    /// The next event; `None` after `Disconnected`.
+    pub async fn next(&mut self) -> Option<Event> {
+        self.0.recv().await
+    }
+
+    /// The next push, skipping other events; `None` once disconnected.
+    pub async fn next_push(&mut self) -> Option<Push> {
+        loop {
+            match self.next().await? {
+                Event::Push(push) => return Some(push),
+                Event::Disconnected { .. } => return None,
+                _ => {}
+            }
+        }
+    }
+}
+
+type Pending = Arc<Mutex<HashMap<u32, oneshot::Sender<Response>>>>;
+
+/// A connection to a gateway. Cloning shares the connection.
+#[derive(Clone)]
+pub struct Client {
+    sink: Arc<tokio::sync::Mutex<FrameSink>>,
+    pending: Pending,
+    next_id: Arc<AtomicU32>,
+    config: ClientConfig,
+    reader: Arc<tokio::task::AbortHandle>,
+}
+
+impl Client {
+    /// Connects with default settings.
+    pub async fn connect(address: Address) -> Result<(Client, Events), ClientError> {
+        Self::connect_with(address, ClientConfig::default()).await
+    }
+
+    /// Connects with `config`.
+    pub async fn connect_with(
+        address: Address,
+        config: ClientConfig,
+    ) -> Result<(Client, Events), ClientError> {
+        let (stream, sink) = transport::connect(&address, config.max_frame)
+            .await
+            .map_err(|e| ClientError::Connect {
+                address: address.to_string(),
+                reason: e.to_string(),
+            })?;
+        let pending: Pending = Arc::default();
+        let (events_tx, events_rx) = mpsc::channel(config.event_buffer.max(1));
+        let sink = Arc::new(tokio::sync::Mutex::new(sink));
+        let reader = tokio::spawn(read_loop(stream, pending.clone(), events_tx)).abort_handle();
+        let client = Client {
+            sink,
+            pending,
+            next_id: Arc::new(AtomicU32::new(1)),
+            config,
+            reader: Arc::new(reader),
+        };
+        if let Some(every) = client.config.heartbeat {
+            let weak = Arc::downgrade(&client.sink);
+            tokio::spawn(async move {
+                let mut ticker =
+                    tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                loop {
+                    ticker.tick().await;
+                    let Some(sink) = weak.upgrade() else { return };
+                    if sink
+                        .lock()
+                        .await
+                        .send(envelope::encode(&envelope::heartbeat()))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+        Ok((client, Events(events_rx)))
+    }
+
+    /// Sends a request and waits for its response.
+    pub async fn request(
+        &self,
+        route: u32,
+        payload: impl Into<Bytes>,
+    ) -> Result<Response, ClientError> {
+        let msg_id = loop {
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            if id != 0 {
+                break id;
+            }
+        };
+        self.request_with_id(msg_id, route, payload).await
+    }
+
+    /// Sends a request with a message id of the caller's choosing (ids must be unique among
+    /// requests in flight; the gateway refuses a reused one).
+    pub async fn request_with_id(
+        &self,
+        msg_id: u32,
+        route: u32,
+        payload: impl Into<Bytes>,
+    ) -> Result<Response, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.lock_pending().insert(msg_id, tx);
+        let frame = envelope::encode(&envelope::request(msg_id, route, payload.into()));
+        if let Err(error) = self.send_frame(frame).await {
+            self.lock_pending().remove(&msg_id);
+            return Err(error);
+        }
+        match tokio::time::timeout(self.config.request_timeout, rx).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(_)) => Err(ClientError::Closed),
+            Err(_) => {
+                self.lock_pending().remove(&msg_id);
+                Err(ClientError::Timeout(self.config.request_timeout))
+            }
+        }
+    }
+
+    /// Sends a raw frame body as is (for tests of bad input).
+    pub async fn send_frame(&self, frame: Bytes) -> Result<(), ClientError> {
+        self.sink
+            .lock()
+            .await
+            .send(frame)
+            .await
+            .map_err(|e| ClientError::Send(e.to_string()))
+    }
+
+    /// Closes the connection.
+    pub async fn close(&self) {
+        let _ = self.sink.lock().await.close().await;
+    }
+
+    /// Stops reading from the socket, as a stuck client would (responses and events stop
+    /// arriving; the gateway sees a client that does not read).
+    pub fn stop_reading(&self) {
+        self.reader.abort();
+    }
+
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashMap<u32, oneshot::Sender<Response>>> {
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+async fn read_loop(mut stream: FrameStream, pending: Pending, events: mpsc::Sender<Event>) {
+    let reason = loop {
+        let frame = match stream.next().await {
+            None => break "connection closed".to_owned(),
+            Some(Err(FrameError::Unsupported(what))) => {
+                debug!(what, "ignoring an unsupported frame");
+                continue;
+            }
+            Some(Err(error)) => break error.to_string(),
+            Some(Ok(frame)) => frame,
+        };
+        let Ok(envelope) = Envelope::decode(frame) else {
+            debug!("ignoring an undecodable frame");
+            continue;
+        };
+        let event = match Kind::try_from(envelope.kind) {
+            Ok(Kind::Response) => {
+                let waiter = pending
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(&envelope.msg_id);
+                let response = Response {
+                    route: envelope.route,
+                    status: envelope.status,
+                    error: envelope.error,
+                    payload: envelope.payload,
+                };
+                match waiter {
+                    Some(waiter) => {
+                        let _ = waiter.send(response);
+                        continue;
+                    }
+                    None => Event::Unsolicited(response),
+                }
+            }
+            Ok(Kind::Push) => Event::Push(Push {
+                route: envelope.route,
+                seq: envelope.seq,
+                payload: envelope.payload,
+            }),
+            Ok(Kind::Kick) => {
+                let kick = envelope.kick.unwrap_or_default();
+                Event::Kicked {
+                    code: kick.code,
+                    reason: kick.reason,
+                }
+            }
+            Ok(Kind::Offline) => Event::Offline {
+                grace: Duration::from_millis(envelope.offline.map_or(0, |o| o.grace_ms)),
+            },
+            _ => continue,
+        };
+        // Waiting here when the application does not read events stops reading the socket:
+        // the gateway then sees a slow consumer.
+        if events.send(event).await.is_err() {
+            break "events dropped".to_owned();
+        }
+    };
+    pending
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clear();
+    let _ = events.send(Event::Disconnected { reason }).await;
+}

@@ -1,0 +1,16 @@
+//! Metric names of the gateway (`switchyard_gateway_*`).
+
+/// Sessions connected now (gauge).
+pub const SESSIONS: &str = "switchyard_gateway_sessions";
+/// Connections accepted, by transport and outcome (counter).
+pub const CONNECTIONS: &str = "switchyard_gateway_connections_total";
+/// Requests answered, by status (counter).
+pub const REQUESTS: &str = "switchyard_gateway_requests_total";
+/// Time from a request's arrival to its response being queued (histogram, seconds).
+pub const REQUEST_DURATION: &str = "switchyard_gateway_request_duration_seconds";
+/// Pushes queued to clients (counter).
+pub const PUSHES: &str = "switchyard_gateway_pushes_total";
+/// Sessions closed by the gateway, by reason (counter).
+pub const KICKS: &str = "switchyard_gateway_kicks_total";
+/// Frames refused before routing, by reason (counter).
+pub const BAD_FRAMES: &str = "switchyard_gateway_bad_frames_total";

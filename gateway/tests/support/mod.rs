@@ -1,0 +1,316 @@
+//! A small cluster in one test process, on loopback: gateways (the real `gateway::run`),
+//! logic servers written with the SDK, and clients from the client library.
+#![allow(dead_code, unreachable_pub)] // each test file uses a different part
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use clap::Parser;
+use client::{Address, Client, ClientConfig, Events, Response};
+use logic_sdk::{LogicServer, Reply, RunningLogic};
+use mesh::{NodeId, NodeKind};
+use runtime::{Listeners, NodeConfig};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const SECRET: &str = "gateway-test-secret";
+pub const LOGIN: u32 = proto::route(1, 1);
+pub const WHERE: u32 = proto::route(2, 1);
+pub const SLOW: u32 = proto::route(2, 2);
+pub const SWITCH: u32 = proto::route(2, 3);
+pub const ECHO: u32 = proto::route(2, 4);
+pub const ATTR: u32 = proto::route(2, 5);
+
+static READY_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Waits until `check` holds, for at most `limit`.
+pub async fn eventually(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A gateway running in this process.
+pub struct TestGateway {
+    pub id: NodeId,
+    pub ws: String,
+    pub tcp: SocketAddr,
+    pub gossip: SocketAddr,
+    pub grpc: SocketAddr,
+    pub admin: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestGateway {
+    /// Starts a gateway; `extra` are more command-line flags (`--idle-timeout-ms`, ...).
+    pub async fn start(id: &str, seeds: &[SocketAddr], extra: &[&str]) -> Self {
+        let mut args: Vec<String> = [
+            "gateway",
+            "--node-id",
+            id,
+            "--cluster-id",
+            "gw-test",
+            "--cluster-secret",
+            SECRET,
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        args.extend(
+            [
+                "--gossip-interval-ms",
+                "50",
+                "--failure-detection-ms",
+                "1000",
+                "--load-interval-ms",
+                "100",
+            ]
+            .map(String::from),
+        );
+        args.extend(["--drain-grace-ms", "1000"].map(String::from));
+        if !extra.contains(&"--rate-limit") {
+            args.extend(["--rate-limit", "0"].map(String::from));
+        }
+        if !seeds.is_empty() {
+            args.push("--seeds".into());
+            args.push(
+                seeds
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            );
+        }
+        let ready = std::env::temp_dir().join(format!(
+            "switchyard-gw-{id}-{}-{}.ready",
+            std::process::id(),
+            READY_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        args.push("--ready-file".into());
+        args.push(ready.display().to_string());
+        args.extend(extra.iter().map(ToString::to_string));
+        let config = gateway::Config::parse_from(args);
+        let listeners = gateway::Listeners::loopback().await.expect("bind");
+        let ws = format!("ws://{}/ws", listeners.ws.local_addr().expect("addr"));
+        let tcp = listeners.tcp.local_addr().expect("addr");
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(gateway::run(config, listeners, shutdown.clone()));
+        let ready = read_ready_file(&ready).await;
+        let addr = |key: &str| -> SocketAddr { ready[key].parse().expect("address in ready file") };
+        let (gossip, grpc, admin) = (addr("gossip"), addr("grpc"), addr("admin"));
+        let id = NodeId::new(id);
+        TestGateway {
+            id,
+            ws,
+            tcp,
+            gossip,
+            grpc,
+            admin,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Waits until this gateway sees exactly `count` online nodes of `kind` (from its
+    /// `/cluster/nodes` admin endpoint).
+    pub async fn wait_for_nodes(&self, kind: &str, count: usize) {
+        let admin = self.admin;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let body = tokio::task::spawn_blocking(move || http_get(admin, "/cluster/nodes"))
+                .await
+                .expect("admin read");
+            let seen = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .map(|v| {
+                    v["nodes"]
+                        .as_array()
+                        .map(|nodes| {
+                            nodes
+                                .iter()
+                                .filter(|n| n["kind"] == kind && n["state"] == "online")
+                                .count()
+                        })
+                        .unwrap_or(0)
+                });
+            if seen == Some(count) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway {} never saw {count} online {kind} nodes (saw {seen:?})",
+                self.id
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn ws_address(&self) -> Address {
+        Address::WebSocket(self.ws.clone())
+    }
+
+    pub fn tcp_address(&self) -> Address {
+        Address::Tcp(self.tcp)
+    }
+
+    /// A gRPC channel to the gateway's services, with the cluster credential.
+    pub async fn grpc_channel(
+        &self,
+    ) -> tonic::service::interceptor::InterceptedService<
+        tonic::transport::Channel,
+        impl tonic::service::Interceptor + Clone,
+    > {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.grpc))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect to gateway gRPC");
+        let key: tonic::metadata::AsciiMetadataValue = SECRET.parse().expect("ascii");
+        tonic::service::interceptor::InterceptedService::new(
+            channel,
+            move |mut request: tonic::Request<()>| {
+                request
+                    .metadata_mut()
+                    .insert(mesh::CREDENTIAL_HEADER, key.clone());
+                Ok(request)
+            },
+        )
+    }
+}
+
+/// `GET path` over a fresh connection; returns the body ("" on failure).
+pub fn http_get(addr: SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    );
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
+}
+
+/// Reads `key=value` lines of a ready file once it exists.
+async fn read_ready_file(path: &std::path::Path) -> std::collections::HashMap<String, String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            let _ = std::fs::remove_file(path);
+            return text
+                .lines()
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect();
+        }
+        assert!(Instant::now() < deadline, "the gateway never became ready");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A logic node config for tests.
+pub fn logic_config(id: &str, seeds: &[SocketAddr]) -> NodeConfig {
+    let mut config = NodeConfig::new("logic");
+    config.id = NodeId::new(id);
+    config.secret = SECRET.into();
+    config.gossip.cluster_id = "gw-test".into();
+    config.gossip.seeds = seeds.iter().map(ToString::to_string).collect();
+    config.gossip.gossip_interval = Duration::from_millis(50);
+    config.gossip.failure_detection = Duration::from_secs(1);
+    config.load_interval = Duration::from_millis(100);
+    config.drain_grace = Duration::from_secs(1);
+    config
+}
+
+/// A logic server with the test routes: login (public), where (answers its node id), slow,
+/// switch (binds "me" to the node named in the payload and answers its own id), echo.
+pub fn test_routes(kind: &str) -> LogicServer {
+    LogicServer::new(kind)
+        .public_route(LOGIN, |_, name| async move {
+            Ok(Reply::default().login(String::from_utf8_lossy(&name)))
+        })
+        .route(WHERE, |ctx, _| async move {
+            Ok(Reply::new(ctx.sdk().node_id().to_string()))
+        })
+        .route(SLOW, |_, millis| async move {
+            let ms: u64 = String::from_utf8_lossy(&millis).parse().unwrap_or(300);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok(Reply::new("slept"))
+        })
+        .route(SWITCH, |ctx, target| async move {
+            let target = NodeId::new(String::from_utf8_lossy(&target).into_owned());
+            Ok(Reply::new(ctx.sdk().node_id().to_string())
+                .bind_me(logic_sdk::BindMode::Cover, vec![target]))
+        })
+        .route(ECHO, |_, payload| async move { Ok(Reply::new(payload)) })
+        .route(ATTR, |ctx, value| async move {
+            // Answers the attribute as this request saw it, then sets it to the payload.
+            let seen = ctx.attributes.get("level").cloned().unwrap_or_default();
+            Ok(Reply::new(seen).set_attribute("level", String::from_utf8_lossy(&value)))
+        })
+}
+
+/// Starts a logic server joining through `seeds`.
+pub async fn start_logic(server: LogicServer, id: &str, seeds: &[SocketAddr]) -> RunningLogic {
+    let listeners = Listeners::loopback().await.expect("bind");
+    let running = server
+        .start(logic_config(id, seeds), listeners)
+        .await
+        .expect("logic server starts");
+    // Joined: it sees every seed's node (the gateways, usually) besides itself.
+    let cluster = running.sdk.cluster().clone();
+    let wanted = seeds.len() + 1;
+    eventually(
+        "the logic server joins the cluster",
+        Duration::from_secs(5),
+        || cluster.members().len() >= wanted,
+    )
+    .await;
+    running
+}
+
+/// Connects and logs in as `user`.
+pub async fn login(address: Address, user: &str) -> (Client, Events) {
+    let (client, events) = Client::connect(address).await.expect("connect");
+    let response = client
+        .request(LOGIN, user.to_owned())
+        .await
+        .expect("login answered");
+    assert!(response.is_ok(), "login failed: {response:?}");
+    (client, events)
+}
+
+/// Connects with a config.
+pub async fn connect_with(address: Address, config: ClientConfig) -> (Client, Events) {
+    Client::connect_with(address, config)
+        .await
+        .expect("connect")
+}
+
+/// The node a WHERE request landed on.
+pub async fn where_am_i(client: &Client) -> Response {
+    client.request(WHERE, Bytes::new()).await.expect("answered")
+}
+
+pub fn text(response: &Response) -> String {
+    String::from_utf8_lossy(&response.payload).into_owned()
+}
+
+pub fn gateway_kind() -> &'static str {
+    NodeKind::GATEWAY
+}

@@ -1,0 +1,297 @@
+//! [`LogicServer`]: the route table of a logic server, and the gRPC service the gateway calls.
+
+use std::{collections::HashMap, future::Future, sync::Arc};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use mesh::{NodeId, NodeKind};
+use prost::Message;
+use proto::{
+    client::v1::ErrorCode,
+    logic::v1::{self as pb, logic_server},
+};
+use runtime::{Listeners, Node, NodeConfig, StartError};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+use tracing::{Instrument, debug, info_span};
+
+use crate::{
+    reply::{LogicError, Reply},
+    sdk::Sdk,
+};
+
+/// What a handler knows about the request it handles.
+#[derive(Clone)]
+pub struct Context {
+    /// The route called.
+    pub route: u32,
+    /// The client session (unique per gateway).
+    pub session_id: u64,
+    /// The logged-in user; `None` on public routes before login.
+    pub user_id: Option<String>,
+    /// The gateway holding the session.
+    pub gateway: NodeId,
+    /// Session attributes set by logic servers.
+    pub attributes: HashMap<String, String>,
+    sdk: Sdk,
+}
+
+impl Context {
+    /// The SDK: push, bind, kick, presence, calls to other nodes.
+    pub fn sdk(&self) -> &Sdk {
+        &self.sdk
+    }
+
+    /// The logged-in user, or the login-required error.
+    pub fn user(&self) -> Result<&str, LogicError> {
+        self.user_id
+            .as_deref()
+            .ok_or_else(LogicError::login_required)
+    }
+}
+
+type Handler =
+    Arc<dyn Fn(Context, Bytes) -> BoxFuture<'static, Result<Reply, LogicError>> + Send + Sync>;
+type ClosedHandler = Arc<dyn Fn(SessionClosed, Sdk) -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// A session this node watched (or was bound to) has closed.
+#[derive(Clone, Debug)]
+pub struct SessionClosed {
+    /// The session.
+    pub session_id: u64,
+    /// Its user, if it had logged in.
+    pub user_id: Option<String>,
+    /// The gateway that held it.
+    pub gateway: NodeId,
+    /// Why it closed.
+    pub reason: String,
+}
+
+struct Route {
+    handler: Handler,
+    public: bool,
+}
+
+/// A logic server under construction: its kind and its routes.
+pub struct LogicServer {
+    kind: NodeKind,
+    routes: HashMap<u32, Route>,
+    on_closed: Option<ClosedHandler>,
+}
+
+impl LogicServer {
+    /// A logic server of `kind` (`room`, `match`, or your own) with no routes yet.
+    pub fn new(kind: impl Into<NodeKind>) -> Self {
+        Self {
+            kind: kind.into(),
+            routes: HashMap::new(),
+            on_closed: None,
+        }
+    }
+
+    /// Handles `route` for logged-in users.
+    pub fn route<F, Fut>(self, route: u32, handler: F) -> Self
+    where
+        F: Fn(Context, Bytes) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Reply, LogicError>> + Send + 'static,
+    {
+        self.add(route, false, handler)
+    }
+
+    /// Handles `route` for anyone, logged in or not (login itself).
+    pub fn public_route<F, Fut>(self, route: u32, handler: F) -> Self
+    where
+        F: Fn(Context, Bytes) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Reply, LogicError>> + Send + 'static,
+    {
+        self.add(route, true, handler)
+    }
+
+    /// Handles `route` for logged-in users with a protobuf request; a payload that does not
+    /// decode is answered with `BAD_REQUEST` and the handler does not run.
+    pub fn route_message<Req, F, Fut>(self, route: u32, handler: F) -> Self
+    where
+        Req: Message + Default + 'static,
+        F: Fn(Context, Req) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Reply, LogicError>> + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        self.add(route, false, move |ctx, payload: Bytes| {
+            let handler = handler.clone();
+            async move {
+                let request = Req::decode(payload)
+                    .map_err(|e| LogicError::bad_request(format!("undecodable request: {e}")))?;
+                handler(ctx, request).await
+            }
+        })
+    }
+
+    /// Runs `handler` when a session this node is bound to, or watches, closes.
+    pub fn on_session_closed<F, Fut>(mut self, handler: F) -> Self
+    where
+        F: Fn(SessionClosed, Sdk) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.on_closed = Some(Arc::new(move |closed, sdk| Box::pin(handler(closed, sdk))));
+        self
+    }
+
+    fn add<F, Fut>(mut self, route: u32, public: bool, handler: F) -> Self
+    where
+        F: Fn(Context, Bytes) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Reply, LogicError>> + Send + 'static,
+    {
+        let handler: Handler = Arc::new(move |ctx, payload| Box::pin(handler(ctx, payload)));
+        self.routes.insert(route, Route { handler, public });
+        self
+    }
+
+    /// Joins the cluster announcing the routes, and serves them. `config.kind` is replaced by
+    /// this server's kind.
+    pub async fn start(
+        self,
+        mut config: NodeConfig,
+        listeners: Listeners,
+    ) -> Result<RunningLogic, StartError> {
+        config.kind = self.kind.clone();
+        let mut routes: Vec<u32> = self.routes.keys().copied().collect();
+        routes.sort_unstable();
+        let mut public: Vec<u32> = self
+            .routes
+            .iter()
+            .filter(|(_, r)| r.public)
+            .map(|(id, _)| *id)
+            .collect();
+        public.sort_unstable();
+        let mut node = Node::start(config, listeners, |record| {
+            record.routes = routes;
+            record.public_routes = public;
+        })
+        .await?;
+        let sdk = Sdk::new(node.mesh().clone());
+        let service = LogicService {
+            routes: Arc::new(self.routes),
+            on_closed: self.on_closed,
+            sdk: sdk.clone(),
+        };
+        let service = node.authenticated(logic_server::LogicServer::new(service));
+        node.serve(|routes| routes.add_service(service)).await?;
+        Ok(RunningLogic { node, sdk })
+    }
+
+    /// The whole life of a logic server binary: telemetry, listeners, start, serve until
+    /// SIGTERM/SIGINT, drain, leave.
+    pub async fn run_main(self, args: runtime::NodeArgs) -> anyhow::Result<()> {
+        runtime::telemetry::init_logs(args.log_format);
+        let listeners = Listeners::bind(args.listen(runtime::ListenDefaults::LOOPBACK)).await?;
+        let mut config = args.node_config(self.kind.clone());
+        if config.gossip.seeds.is_empty() {
+            config.gossip.seeds = vec!["127.0.0.1:7946".into()];
+        }
+        let running = self.start(config, listeners).await?;
+        let shutdown = CancellationToken::new();
+        tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                runtime::signal::shutdown().await;
+                shutdown.cancel();
+            }
+        });
+        running.node.run(shutdown, || async {}).await;
+        Ok(())
+    }
+}
+
+/// A logic server that has joined the cluster and serves its routes.
+pub struct RunningLogic {
+    /// The node (run it until shutdown with [`Node::run`]).
+    pub node: Node,
+    /// The SDK handle of this server.
+    pub sdk: Sdk,
+}
+
+struct LogicService {
+    routes: Arc<HashMap<u32, Route>>,
+    on_closed: Option<ClosedHandler>,
+    sdk: Sdk,
+}
+
+fn status(code: ErrorCode, error: &str) -> pb::LogicResponse {
+    pb::LogicResponse {
+        status: code as u32,
+        error: error.to_owned(),
+        ..Default::default()
+    }
+}
+
+#[tonic::async_trait]
+impl logic_server::Logic for LogicService {
+    async fn handle(
+        &self,
+        request: Request<pb::LogicRequest>,
+    ) -> Result<Response<pb::LogicResponse>, Status> {
+        let request = request.into_inner();
+        let Some(route) = self.routes.get(&request.route) else {
+            return Ok(Response::new(status(
+                ErrorCode::RouteNotFound,
+                "route not served by this node",
+            )));
+        };
+        let user_id = (!request.user_id.is_empty()).then_some(request.user_id);
+        if !route.public && user_id.is_none() {
+            return Ok(Response::new(status(
+                ErrorCode::LoginRequired,
+                "login required",
+            )));
+        }
+        let span = info_span!(
+            "logic",
+            node = %self.sdk.node_id(),
+            session = request.session_id,
+            user = user_id.as_deref().unwrap_or(""),
+            route = request.route,
+        );
+        let _in_flight = self.sdk.cluster().track_request();
+        let ctx = Context {
+            route: request.route,
+            session_id: request.session_id,
+            user_id,
+            gateway: NodeId::new(request.gateway_node),
+            attributes: request.attributes,
+            sdk: self.sdk.clone(),
+        };
+        let response = match (route.handler)(ctx, request.payload).instrument(span).await {
+            Ok(reply) => reply.into_proto(),
+            Err(error) => {
+                debug!(code = error.code, message = %error.message, "handler returned an error");
+                status_code(error)
+            }
+        };
+        Ok(Response::new(response))
+    }
+
+    async fn session_closed(
+        &self,
+        request: Request<pb::SessionClosed>,
+    ) -> Result<Response<pb::SessionClosedAck>, Status> {
+        let closed = request.into_inner();
+        if let Some(handler) = &self.on_closed {
+            let closed = SessionClosed {
+                session_id: closed.session_id,
+                user_id: (!closed.user_id.is_empty()).then_some(closed.user_id),
+                gateway: NodeId::new(closed.gateway_node),
+                reason: closed.reason,
+            };
+            handler(closed, self.sdk.clone()).await;
+        }
+        Ok(Response::new(pb::SessionClosedAck {}))
+    }
+}
+
+fn status_code(error: LogicError) -> pb::LogicResponse {
+    pb::LogicResponse {
+        status: error.code.max(1),
+        error: error.message,
+        ..Default::default()
+    }
+}

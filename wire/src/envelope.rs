@@ -1,0 +1,105 @@
+//! Constructors for the envelopes both sides send, so neither spells out fields by hand.
+
+use bytes::Bytes;
+use prost::Message;
+use proto::client::v1::{Envelope, ErrorCode, Kick, Kind, Offline};
+
+/// A request.
+pub fn request(msg_id: u32, route: u32, payload: Bytes) -> Envelope {
+    Envelope {
+        kind: Kind::Request as i32,
+        route,
+        msg_id,
+        payload,
+        ..Envelope::default()
+    }
+}
+
+/// A successful response.
+pub fn response(msg_id: u32, route: u32, status: u32, error: String, payload: Bytes) -> Envelope {
+    Envelope {
+        kind: Kind::Response as i32,
+        route,
+        msg_id,
+        status,
+        error,
+        payload,
+        ..Envelope::default()
+    }
+}
+
+/// An error response from the gateway itself.
+pub fn error(msg_id: u32, route: u32, code: ErrorCode, text: &str) -> Envelope {
+    response(msg_id, route, code as u32, text.to_owned(), Bytes::new())
+}
+
+/// A server push.
+pub fn push(seq: u64, route: u32, payload: Bytes) -> Envelope {
+    Envelope {
+        kind: Kind::Push as i32,
+        route,
+        seq,
+        payload,
+        ..Envelope::default()
+    }
+}
+
+/// A heartbeat.
+pub fn heartbeat() -> Envelope {
+    Envelope {
+        kind: Kind::Heartbeat as i32,
+        ..Envelope::default()
+    }
+}
+
+/// A kick: the connection closes after it.
+pub fn kick(code: u32, reason: &str) -> Envelope {
+    Envelope {
+        kind: Kind::Kick as i32,
+        kick: Some(Kick {
+            code,
+            reason: reason.to_owned(),
+        }),
+        ..Envelope::default()
+    }
+}
+
+/// The gateway is going offline.
+pub fn offline(grace_ms: u64) -> Envelope {
+    Envelope {
+        kind: Kind::Offline as i32,
+        offline: Some(Offline { grace_ms }),
+        ..Envelope::default()
+    }
+}
+
+/// Encodes an envelope into one frame body.
+pub fn encode(envelope: &Envelope) -> Bytes {
+    Bytes::from(envelope.encode_to_vec())
+}
+
+/// The name of a status code for logs and metric labels (`app` for application codes).
+pub fn code_name(status: u32) -> &'static str {
+    match ErrorCode::try_from(status as i32) {
+        Ok(code) => match code {
+            ErrorCode::Ok => "ok",
+            ErrorCode::RouteNotFound => "route_not_found",
+            ErrorCode::LoginRequired => "login_required",
+            ErrorCode::BoundNodeUnavailable => "bound_node_unavailable",
+            ErrorCode::NoNodeAvailable => "no_node_available",
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::ServerDraining => "server_draining",
+            ErrorCode::Internal => "internal",
+            ErrorCode::DuplicateMessageId => "duplicate_message_id",
+            ErrorCode::UpstreamTimeout => "upstream_timeout",
+            ErrorCode::UpstreamFailed => "upstream_failed",
+            ErrorCode::SlowConsumer => "slow_consumer",
+            ErrorCode::IdleTimeout => "idle_timeout",
+            ErrorCode::LoggedInElsewhere => "logged_in_elsewhere",
+            ErrorCode::Kicked => "kicked",
+        },
+        Err(_) => "app",
+    }
+}

@@ -1,0 +1,39 @@
+//! The client protocol over WebSocket: binary messages are frames; settings sized on purpose.
+
+use bytes::Bytes;
+use tungstenite::{Message, error::CapacityError, protocol::WebSocketConfig};
+
+use crate::FrameError;
+
+/// WebSocket settings for a frame limit of `max_frame` bytes. The read buffer is 4 KiB, not
+/// tungstenite's 128 KiB default: an idle connection then costs a few KiB instead of ~135 KiB.
+pub fn config(max_frame: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(8192)
+        .max_message_size(Some(max_frame))
+        .max_frame_size(Some(max_frame))
+}
+
+/// One WebSocket message as a frame body. Control messages (ping, pong) yield `None`.
+pub fn frame(message: Result<Message, tungstenite::Error>) -> Option<Result<Bytes, FrameError>> {
+    match message {
+        Ok(Message::Binary(bytes)) => Some(Ok(bytes)),
+        Ok(Message::Text(_)) => Some(Err(FrameError::Unsupported("text message"))),
+        Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => None,
+        Ok(Message::Close(_)) => None,
+        Err(tungstenite::Error::Capacity(CapacityError::MessageTooLong { size, max_size })) => {
+            Some(Err(FrameError::TooLarge {
+                size,
+                max: max_size,
+            }))
+        }
+        Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => None,
+        Err(error) => Some(Err(FrameError::Transport(error.to_string()))),
+    }
+}
+
+/// A frame body as a WebSocket message.
+pub fn message(frame: Bytes) -> Message {
+    Message::Binary(frame)
+}
