@@ -11,6 +11,8 @@ const PROTOS: &[&str] = &[
     "proto/switchyard/client/v1/client.proto",
     "proto/switchyard/logic/v1/logic.proto",
     "proto/switchyard/gateway/v1/gateway.proto",
+    "proto/switchyard/room/v1/room.proto",
+    "proto/switchyard/matchmaking/v1/matchmaking.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

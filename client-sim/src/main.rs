@@ -1,14 +1,8 @@
-//! `client-sim`: simulated clients. The client protocol and its scenarios (demo, load) arrive
-//! with the gateway; until then this binary only says so.
+//! `client-sim` binary.
 
 use clap::Parser;
 
-/// Simulated Switchyard clients.
-#[derive(Parser, Debug)]
-#[command(version, about)]
-struct Args {}
-
-fn main() -> anyhow::Result<()> {
-    let _ = Args::parse();
-    anyhow::bail!("no client scenarios yet: they need the gateway's client protocol")
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    client_sim::run(client_sim::Cli::parse()).await
 }

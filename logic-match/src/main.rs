@@ -1,14 +1,14 @@
 //! `logic-match` binary: parse the configuration, start telemetry, bind, run until SIGTERM.
 
 use clap::Parser;
-use runtime::{Listeners, signal, telemetry};
+use runtime::{ListenDefaults, Listeners, signal, telemetry};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = logic_match::Config::parse();
     telemetry::init_logs(config.node.log_format);
-    let listeners = Listeners::bind(config.node.listen(logic_match::LISTEN_DEFAULTS)).await?;
+    let listeners = Listeners::bind(config.node.listen(ListenDefaults::LOOPBACK)).await?;
     let shutdown = CancellationToken::new();
     tokio::spawn({
         let shutdown = shutdown.clone();

@@ -23,5 +23,7 @@ mod sdk;
 mod server;
 
 pub use reply::{BindMode, LogicError, Reply};
-pub use sdk::{GatewayReport, MultiResponse, Recipient, Sdk, SdkError, UserOutcome};
+pub use sdk::{
+    GatewayReport, MultiResponse, PUSHES_DROPPED, Recipient, Sdk, SdkError, UserOutcome,
+};
 pub use server::{Context, LogicServer, RunningLogic, SessionClosed};

@@ -1,12 +1,18 @@
 //! [`Sdk`]: what a handler or a background task of a logic server can do to the rest of the
 //! cluster: push to users, bind them, kick them, find them, and call other logic nodes.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use bytes::Bytes;
 use futures::future::join_all;
 use mesh::{Cluster, Mesh, MeshError, NodeId, NodeInfo, NodeKind};
 use proto::gateway::v1::{self as pb, gateway_client::GatewayClient};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
 
 use crate::reply::BindMode;
 
@@ -104,11 +110,24 @@ pub enum SdkError {
     NoGateway,
 }
 
+/// Pushes queued for one gateway before new ones are dropped (and counted).
+const PIPELINE_DEPTH: usize = 4096;
+
+/// Metric: pushes dropped because a gateway's queue was full (counter, by gateway).
+pub const PUSHES_DROPPED: &str = "switchyard_sdk_pushes_dropped_total";
+
+/// One ordered push queue per gateway, each drained by its own task.
+#[derive(Default)]
+struct Pipelines {
+    queues: Mutex<HashMap<NodeId, mpsc::Sender<pb::PushRequest>>>,
+}
+
 /// A cloneable handle on the cluster for logic code.
 #[derive(Clone)]
 pub struct Sdk {
     mesh: Mesh,
     gateway_timeout: Duration,
+    pipelines: Arc<Pipelines>,
 }
 
 impl Sdk {
@@ -116,7 +135,55 @@ impl Sdk {
         Self {
             mesh,
             gateway_timeout: Duration::from_secs(3),
+            pipelines: Arc::default(),
         }
+    }
+
+    /// Queues a push without waiting for it. Pushes queued for one gateway are delivered in
+    /// the order they were queued, so every user sees them in that order; a slow or dead
+    /// gateway delays only its own queue. Returns how many gateway queues were full (those
+    /// pushes are dropped, logged and counted).
+    pub fn push_ordered(
+        &self,
+        recipients: impl IntoIterator<Item = Recipient>,
+        route: u32,
+        payload: impl Into<Bytes>,
+    ) -> usize {
+        let payload = payload.into();
+        let Ok(gateways) = self.gateways() else {
+            return 0;
+        };
+        let mut dropped = 0;
+        for (gateway, user_ids) in group_by_gateway(recipients, &gateways) {
+            let request = pb::PushRequest {
+                user_ids,
+                route,
+                payload: payload.clone(),
+                local_only: true,
+            };
+            if self.pipeline(&gateway).try_send(request).is_err() {
+                dropped += 1;
+                warn!(%gateway, route, "push queue to gateway is full; push dropped");
+                metrics::counter!(PUSHES_DROPPED, "gateway" => gateway.to_string()).increment(1);
+            }
+        }
+        dropped
+    }
+
+    fn pipeline(&self, gateway: &NodeId) -> mpsc::Sender<pb::PushRequest> {
+        let mut queues = self
+            .pipelines
+            .queues
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(queue) = queues.get(gateway).filter(|q| !q.is_closed()) {
+            return queue.clone();
+        }
+        let (tx, rx) = mpsc::channel(PIPELINE_DEPTH);
+        queues.retain(|_, queue| !queue.is_closed());
+        queues.insert(gateway.clone(), tx.clone());
+        tokio::spawn(drain_pipeline(self.clone(), gateway.clone(), rx));
+        tx
     }
 
     /// This node's mesh (register mesh handlers, send to nodes).
@@ -143,27 +210,9 @@ impl Sdk {
     ) -> Result<GatewayReport, SdkError> {
         let payload = payload.into();
         let gateways = self.gateways()?;
-        let mut per_gateway: BTreeMap<NodeId, Vec<String>> = BTreeMap::new();
-        let mut all_users = Vec::new();
-        for recipient in recipients {
-            all_users.push(recipient.user_id.clone());
-            match recipient.gateway {
-                Some(gateway) if gateways.contains(&gateway) => {
-                    per_gateway
-                        .entry(gateway)
-                        .or_default()
-                        .push(recipient.user_id);
-                }
-                _ => {
-                    for gateway in &gateways {
-                        per_gateway
-                            .entry(gateway.clone())
-                            .or_default()
-                            .push(recipient.user_id.clone());
-                    }
-                }
-            }
-        }
+        let recipients: Vec<Recipient> = recipients.into_iter().collect();
+        let all_users = recipients.iter().map(|r| r.user_id.clone()).collect();
+        let per_gateway = group_by_gateway(recipients, &gateways);
         let calls = per_gateway.into_iter().map(|(gateway, user_ids)| {
             let request = pb::PushRequest {
                 user_ids,
@@ -350,6 +399,53 @@ impl Sdk {
             };
         (gateway, result)
     }
+}
+
+/// Users by the gateway to ask: their own when known, else every gateway.
+fn group_by_gateway(
+    recipients: impl IntoIterator<Item = Recipient>,
+    gateways: &[NodeId],
+) -> BTreeMap<NodeId, Vec<String>> {
+    let mut per_gateway: BTreeMap<NodeId, Vec<String>> = BTreeMap::new();
+    for recipient in recipients {
+        match recipient.gateway {
+            Some(gateway) if gateways.contains(&gateway) => {
+                per_gateway
+                    .entry(gateway)
+                    .or_default()
+                    .push(recipient.user_id);
+            }
+            _ => {
+                for gateway in gateways {
+                    per_gateway
+                        .entry(gateway.clone())
+                        .or_default()
+                        .push(recipient.user_id.clone());
+                }
+            }
+        }
+    }
+    per_gateway
+}
+
+/// Sends one gateway's queued pushes in order. Ends when the gateway leaves the cluster.
+async fn drain_pipeline(sdk: Sdk, gateway: NodeId, mut queue: mpsc::Receiver<pb::PushRequest>) {
+    while let Some(request) = queue.recv().await {
+        if sdk.cluster().node(&gateway).is_none() {
+            debug!(%gateway, "gateway left; dropping its push queue");
+            break;
+        }
+        let (_, result) = sdk
+            .call_gateway(gateway.clone(), move |mut client| async move {
+                client.push(request).await
+            })
+            .await;
+        if let Err(error) = result {
+            warn!(%gateway, %error, "ordered push failed");
+        }
+    }
+    // The receiver drops here: `pipeline` sees the queue closed and starts a new one if the
+    // gateway comes back.
 }
 
 /// Cover and Append targets must be online members.

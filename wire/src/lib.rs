@@ -4,7 +4,9 @@
 //! - `codec`: [`FrameCodec`], the TCP length-prefix framing with its size limit.
 //! - [`envelope`]: constructors for every envelope kind, and status code names.
 //! - [`ws`]: WebSocket settings and message/frame conversion.
+//! - [`auth`]: the default login token scheme.
 
+pub mod auth;
 mod codec;
 pub mod envelope;
 pub mod ws;

@@ -1,0 +1,218 @@
+//! `client-sim demo`: the matchmaking story. N players log in, queue, are matched and bound to
+//! the least-loaded room server, then each sends a room operation every few seconds and prints
+//! what it receives. Ends with one summary line (`DEMO OK ...` or `DEMO FAILED ...`).
+
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::Args;
+use prost::Message;
+use proto::room::v1::{self as room, routes as room_routes};
+
+use crate::player::{Player, address};
+
+/// Options of the demo.
+#[derive(Args, Debug, Clone)]
+pub struct DemoArgs {
+    /// The gateway: `ws://host:port/ws` or `tcp://host:port`.
+    #[arg(
+        long,
+        env = "SWITCHYARD_GATEWAY",
+        default_value = "ws://127.0.0.1:7000/ws"
+    )]
+    pub gateway: String,
+    /// Players in the story (a multiple of the mode's size).
+    #[arg(long, default_value_t = 2)]
+    pub users: usize,
+    /// The match mode to queue for.
+    #[arg(long, default_value = "duel")]
+    pub mode: String,
+    /// Room operations each player sends (0: keep going until interrupted).
+    #[arg(long, default_value_t = 3)]
+    pub ops: u64,
+    /// Time between a player's room operations, in ms.
+    #[arg(long, default_value_t = 2_000)]
+    pub op_interval_ms: u64,
+    /// How long to keep trying to reach a gateway that serves logins, in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub wait_secs: u64,
+    /// Login secret (when the match server checks tokens).
+    #[arg(long, env = "SWITCHYARD_LOGIN_SECRET", hide_env_values = true)]
+    pub login_secret: Option<String>,
+}
+
+struct Story {
+    room_id: String,
+    room_node: String,
+    received: usize,
+}
+
+pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let names: Vec<String> = [
+        "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy",
+    ]
+    .iter()
+    .cycle()
+    .take(args.users)
+    .enumerate()
+    .map(|(i, n)| {
+        if i < 10 {
+            (*n).to_owned()
+        } else {
+            format!("{n}{}", i / 10)
+        }
+    })
+    .collect();
+    println!(
+        "demo: {} players, mode {}, gateway {}",
+        names.len(),
+        args.mode,
+        args.gateway
+    );
+    let mut tasks = Vec::new();
+    for name in names.clone() {
+        let args = args.clone();
+        tasks.push(tokio::spawn(async move {
+            let result = play(&args, &name).await;
+            if let Err(error) = &result {
+                println!("[{name}] failed: {error:#}");
+            }
+            result
+        }));
+    }
+    let mut stories = Vec::new();
+    for task in tasks {
+        if let Ok(Ok(story)) = task.await {
+            stories.push(story);
+        }
+    }
+    let rooms: BTreeSet<(&str, &str)> = stories
+        .iter()
+        .map(|s| (s.room_id.as_str(), s.room_node.as_str()))
+        .collect();
+    let complete =
+        stories.len() == names.len() && (args.ops == 0 || stories.iter().all(|s| s.received > 0));
+    let summary = rooms
+        .iter()
+        .map(|(room, node)| format!("{room} on {node}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if complete {
+        let received: Vec<String> = stories.iter().map(|s| s.received.to_string()).collect();
+        println!(
+            "DEMO OK: {} players matched into {} room(s): {summary}; operations received per player: {}",
+            stories.len(),
+            rooms.len(),
+            received.join(",")
+        );
+        Ok(())
+    } else {
+        println!(
+            "DEMO FAILED: {} of {} players finished; rooms: {summary}",
+            stories.len(),
+            names.len()
+        );
+        bail!("the demo did not complete")
+    }
+}
+
+async fn play(args: &DemoArgs, name: &str) -> anyhow::Result<Story> {
+    let address = address(&args.gateway)?;
+    let deadline = Instant::now() + Duration::from_secs(args.wait_secs);
+    let mut player = loop {
+        match Player::login(&address, name, args.login_secret.as_deref()).await {
+            Ok(player) => break player,
+            Err(error) if Instant::now() < deadline => {
+                println!("[{name}] waiting for the cluster: {error:#}");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Err(error) => return Err(error),
+        }
+    };
+    println!("[{name}] logged in");
+    let queued = loop {
+        match player.enqueue(&args.mode).await {
+            Ok(queued) => break queued,
+            Err(error) if Instant::now() < deadline => {
+                println!("[{name}] waiting for a match server: {error:#}");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Err(error) => return Err(error),
+        }
+    };
+    println!(
+        "[{name}] queued for {} (position {})",
+        queued.mode, queued.position
+    );
+    let found = player
+        .match_found(Duration::from_secs(args.wait_secs), |reason| {
+            println!("[{name}] match delayed: {reason}")
+        })
+        .await?;
+    println!(
+        "[{name}] matched: room {} on {} with {}",
+        found.room_id,
+        found.room_node,
+        found.members.join(", ")
+    );
+
+    let members = found.members.len().max(1);
+    let expected = if args.ops == 0 {
+        usize::MAX
+    } else {
+        members * args.ops as usize
+    };
+    let mut sent = 0u64;
+    let mut received = 0usize;
+    let mut ticker = tokio::time::interval(Duration::from_millis(args.op_interval_ms.max(10)));
+    let quiet_limit = Duration::from_millis(args.op_interval_ms.max(10) * 3 + 5_000);
+    let mut last_event = Instant::now();
+    while received < expected {
+        tokio::select! {
+            _ = ticker.tick(), if args.ops == 0 || sent < args.ops => {
+                sent += 1;
+                let move_text = format!("{name} move {sent}");
+                let response = player.room_op(&found.room_id, Bytes::from(move_text.clone())).await?;
+                if response.is_ok() {
+                    let seq = room::OpAccepted::decode(response.payload).map(|a| a.seq).unwrap_or(0);
+                    println!("[{name}] sent {move_text:?} (seq {seq})");
+                } else {
+                    println!("[{name}] operation refused: {} ({})", response.error, response.status);
+                }
+            }
+            push = player.events.next_push() => {
+                let push = push.context("disconnected during the match")?;
+                last_event = Instant::now();
+                match push.route {
+                    room_routes::PUSH_OP => {
+                        let op = room::RoomOpEvent::decode(push.payload)?;
+                        received += 1;
+                        println!("[{name}] received seq {} from {}: {:?}", op.seq, op.from, String::from_utf8_lossy(&op.payload));
+                    }
+                    room_routes::PUSH_MEMBER_LEFT => {
+                        let event = room::MemberEvent::decode(push.payload)?;
+                        println!("[{name}] {} left the room ({})", event.user_id, event.reason);
+                    }
+                    room_routes::PUSH_OWNER_CHANGED => {
+                        let event = room::OwnerChanged::decode(push.payload)?;
+                        println!("[{name}] the room's owner is now {}", event.owner);
+                    }
+                    _ => {}
+                }
+            }
+            _ = tokio::time::sleep(quiet_limit.saturating_sub(last_event.elapsed())) => {
+                println!("[{name}] no more operations arrived");
+                break;
+            }
+        }
+    }
+    Ok(Story {
+        room_id: found.room_id,
+        room_node: found.room_node,
+        received,
+    })
+}

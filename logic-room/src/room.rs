@@ -1,0 +1,413 @@
+//! One room's state and rules, without IO: commands in, a reply and broadcasts out.
+
+use std::collections::{BTreeMap, HashMap};
+
+use bytes::Bytes;
+use logic_sdk::{LogicError, Recipient};
+use mesh::NodeId;
+use prost::Message;
+use proto::room::v1::{self as pb, errors, routes};
+
+/// A member and the gateway holding them (when known).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Member {
+    pub(crate) user: String,
+    pub(crate) gateway: Option<NodeId>,
+}
+
+impl Member {
+    pub(crate) fn new(user: impl Into<String>, gateway: Option<NodeId>) -> Self {
+        Self {
+            user: user.into(),
+            gateway,
+        }
+    }
+
+    fn recipient(&self) -> Recipient {
+        Recipient {
+            user_id: self.user.clone(),
+            gateway: self.gateway.clone(),
+        }
+    }
+}
+
+/// What a room is asked to do.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Join(Member),
+    Leave {
+        user: String,
+        reason: &'static str,
+    },
+    Op {
+        member: Member,
+        payload: Bytes,
+    },
+    SetProperties {
+        member: Member,
+        properties: HashMap<String, String>,
+    },
+    Info,
+}
+
+/// A push to some members.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Broadcast {
+    pub(crate) to: Vec<Recipient>,
+    pub(crate) route: u32,
+    pub(crate) payload: Bytes,
+}
+
+/// What a command did.
+#[derive(Debug, Default)]
+pub(crate) struct Outcome {
+    pub(crate) broadcasts: Vec<Broadcast>,
+    pub(crate) joined: Option<String>,
+    pub(crate) left: Option<String>,
+}
+
+/// One room.
+#[derive(Debug)]
+pub(crate) struct Room {
+    pub(crate) id: String,
+    node: NodeId,
+    owner: Option<String>,
+    /// In join order: the next owner is the longest-standing member.
+    members: Vec<Member>,
+    max_members: usize,
+    properties: BTreeMap<String, String>,
+    op_seq: u64,
+    /// Kept when empty (preloaded rooms).
+    pub(crate) persistent: bool,
+}
+
+impl Room {
+    pub(crate) fn new(
+        id: String,
+        node: NodeId,
+        max_members: usize,
+        properties: BTreeMap<String, String>,
+    ) -> Self {
+        Self {
+            id,
+            node,
+            owner: None,
+            members: Vec::new(),
+            max_members: max_members.max(1),
+            properties,
+            op_seq: 0,
+            persistent: false,
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn member_count(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Applies a command: the reply payload (or an error) and what to broadcast.
+    pub(crate) fn apply(&mut self, command: Command) -> (Result<Bytes, LogicError>, Outcome) {
+        let mut outcome = Outcome::default();
+        let reply = match command {
+            Command::Join(member) => self.join(member, &mut outcome),
+            Command::Leave { user, reason } => self.leave(&user, reason, &mut outcome),
+            Command::Op { member, payload } => self.op(member, payload, &mut outcome),
+            Command::SetProperties { member, properties } => {
+                self.set_properties(member, properties, &mut outcome)
+            }
+            Command::Info => Ok(self.info()),
+        };
+        (reply, outcome)
+    }
+
+    fn join(&mut self, member: Member, outcome: &mut Outcome) -> Result<Bytes, LogicError> {
+        if let Some(existing) = self.members.iter_mut().find(|m| m.user == member.user) {
+            // Joining again is harmless; it refreshes the gateway.
+            if member.gateway.is_some() {
+                existing.gateway = member.gateway;
+            }
+            return Ok(self.info());
+        }
+        if self.members.len() >= self.max_members {
+            return Err(LogicError::new(errors::ROOM_FULL, "the room is full"));
+        }
+        let user = member.user.clone();
+        self.members.push(member);
+        if self.owner.is_none() {
+            self.owner = Some(user.clone());
+        }
+        outcome.joined = Some(user.clone());
+        let event = pb::MemberEvent {
+            room_id: self.id.clone(),
+            user_id: user,
+            reason: "joined".into(),
+        };
+        self.broadcast_to_all(outcome, routes::PUSH_MEMBER_JOINED, &event);
+        Ok(self.info())
+    }
+
+    fn leave(
+        &mut self,
+        user: &str,
+        reason: &'static str,
+        outcome: &mut Outcome,
+    ) -> Result<Bytes, LogicError> {
+        let Some(index) = self.members.iter().position(|m| m.user == user) else {
+            return Err(not_a_member());
+        };
+        self.members.remove(index);
+        outcome.left = Some(user.to_owned());
+        let event = pb::MemberEvent {
+            room_id: self.id.clone(),
+            user_id: user.to_owned(),
+            reason: reason.to_owned(),
+        };
+        self.broadcast_to_all(outcome, routes::PUSH_MEMBER_LEFT, &event);
+        if self.owner.as_deref() == Some(user) {
+            self.owner = self.members.first().map(|m| m.user.clone());
+            if let Some(owner) = &self.owner {
+                let event = pb::OwnerChanged {
+                    room_id: self.id.clone(),
+                    owner: owner.clone(),
+                };
+                self.broadcast_to_all(outcome, routes::PUSH_OWNER_CHANGED, &event);
+            }
+        }
+        Ok(self.info())
+    }
+
+    fn op(
+        &mut self,
+        member: Member,
+        payload: Bytes,
+        outcome: &mut Outcome,
+    ) -> Result<Bytes, LogicError> {
+        self.refresh(&member)?;
+        self.op_seq += 1;
+        let event = pb::RoomOpEvent {
+            room_id: self.id.clone(),
+            seq: self.op_seq,
+            from: member.user,
+            payload,
+        };
+        self.broadcast_to_all(outcome, routes::PUSH_OP, &event);
+        Ok(Bytes::from(
+            pb::OpAccepted { seq: self.op_seq }.encode_to_vec(),
+        ))
+    }
+
+    fn set_properties(
+        &mut self,
+        member: Member,
+        properties: HashMap<String, String>,
+        outcome: &mut Outcome,
+    ) -> Result<Bytes, LogicError> {
+        self.refresh(&member)?;
+        for (key, value) in &properties {
+            if value.is_empty() {
+                self.properties.remove(key);
+            } else {
+                self.properties.insert(key.clone(), value.clone());
+            }
+        }
+        let event = pb::PropertiesChanged {
+            room_id: self.id.clone(),
+            properties: self.properties.clone().into_iter().collect(),
+        };
+        self.broadcast_to_all(outcome, routes::PUSH_PROPERTIES, &event);
+        Ok(self.info())
+    }
+
+    /// Checks membership and learns the member's gateway.
+    fn refresh(&mut self, member: &Member) -> Result<(), LogicError> {
+        let existing = self
+            .members
+            .iter_mut()
+            .find(|m| m.user == member.user)
+            .ok_or_else(not_a_member)?;
+        if member.gateway.is_some() && existing.gateway != member.gateway {
+            existing.gateway = member.gateway.clone();
+        }
+        Ok(())
+    }
+
+    fn broadcast_to_all(&self, outcome: &mut Outcome, route: u32, message: &impl Message) {
+        if self.members.is_empty() {
+            return;
+        }
+        outcome.broadcasts.push(Broadcast {
+            to: self.members.iter().map(Member::recipient).collect(),
+            route,
+            payload: Bytes::from(message.encode_to_vec()),
+        });
+    }
+
+    pub(crate) fn info_message(&self) -> pb::RoomInfo {
+        pb::RoomInfo {
+            room_id: self.id.clone(),
+            node_id: self.node.to_string(),
+            owner: self.owner.clone().unwrap_or_default(),
+            members: self.members.iter().map(|m| m.user.clone()).collect(),
+            max_members: self.max_members as u32,
+            properties: self.properties.clone().into_iter().collect(),
+        }
+    }
+
+    fn info(&self) -> Bytes {
+        Bytes::from(self.info_message().encode_to_vec())
+    }
+}
+
+fn not_a_member() -> LogicError {
+    LogicError::new(errors::NOT_A_MEMBER, "not a member of this room")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn room(max: usize) -> Room {
+        Room::new("1@r".into(), NodeId::new("r"), max, BTreeMap::new())
+    }
+
+    fn member(user: &str) -> Member {
+        Member::new(user, Some(NodeId::new("gw")))
+    }
+
+    fn routes_of(outcome: &Outcome) -> Vec<u32> {
+        outcome.broadcasts.iter().map(|b| b.route).collect()
+    }
+
+    fn info(room: &Room) -> (String, Vec<String>) {
+        let info = room.info_message();
+        (info.owner, info.members)
+    }
+
+    #[test]
+    fn the_creator_owns_the_room_and_the_longest_standing_member_inherits_it() {
+        let mut r = room(4);
+        for user in ["ann", "bob", "cy"] {
+            let (reply, outcome) = r.apply(Command::Join(member(user)));
+            assert!(reply.is_ok());
+            assert_eq!(routes_of(&outcome), vec![routes::PUSH_MEMBER_JOINED]);
+        }
+        assert_eq!(
+            info(&r),
+            ("ann".into(), vec!["ann".into(), "bob".into(), "cy".into()])
+        );
+
+        let (_, outcome) = r.apply(Command::Leave {
+            user: "ann".into(),
+            reason: "left",
+        });
+        assert_eq!(
+            routes_of(&outcome),
+            vec![routes::PUSH_MEMBER_LEFT, routes::PUSH_OWNER_CHANGED]
+        );
+        let owner =
+            pb::OwnerChanged::decode(outcome.broadcasts[1].payload.clone()).expect("decodes");
+        assert_eq!(owner.owner, "bob");
+        assert_eq!(
+            outcome.broadcasts[1].to.len(),
+            2,
+            "the remaining members are told"
+        );
+
+        let (_, outcome) = r.apply(Command::Leave {
+            user: "cy".into(),
+            reason: "disconnected",
+        });
+        assert_eq!(
+            routes_of(&outcome),
+            vec![routes::PUSH_MEMBER_LEFT],
+            "a non-owner leaving changes no owner"
+        );
+        let left = pb::MemberEvent::decode(outcome.broadcasts[0].payload.clone()).expect("decodes");
+        assert_eq!(left.reason, "disconnected");
+
+        let (_, outcome) = r.apply(Command::Leave {
+            user: "bob".into(),
+            reason: "left",
+        });
+        assert!(outcome.broadcasts.is_empty(), "nobody is left to tell");
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn joins_beyond_the_limit_and_strangers_are_refused() {
+        let mut r = room(2);
+        let _ = r.apply(Command::Join(member("a")));
+        let _ = r.apply(Command::Join(member("b")));
+        let (reply, outcome) = r.apply(Command::Join(member("c")));
+        assert_eq!(reply.map_err(|e| e.code), Err(errors::ROOM_FULL));
+        assert!(outcome.joined.is_none());
+        let (again, _) = r.apply(Command::Join(member("a")));
+        assert!(again.is_ok(), "joining twice is harmless");
+        assert_eq!(r.member_count(), 2);
+        let (op, _) = r.apply(Command::Op {
+            member: member("c"),
+            payload: Bytes::new(),
+        });
+        assert_eq!(op.map_err(|e| e.code), Err(errors::NOT_A_MEMBER));
+        let (leave, _) = r.apply(Command::Leave {
+            user: "c".into(),
+            reason: "left",
+        });
+        assert_eq!(leave.map_err(|e| e.code), Err(errors::NOT_A_MEMBER));
+    }
+
+    #[test]
+    fn operations_are_numbered_in_one_order_and_reach_every_member_including_the_sender() {
+        let mut r = room(3);
+        let _ = r.apply(Command::Join(member("a")));
+        let _ = r.apply(Command::Join(Member::new("b", None)));
+        for (i, from) in ["a", "b", "a"].iter().enumerate() {
+            let (reply, outcome) = r.apply(Command::Op {
+                member: member(from),
+                payload: Bytes::from(vec![i as u8]),
+            });
+            let accepted = pb::OpAccepted::decode(reply.expect("accepted")).expect("decodes");
+            assert_eq!(accepted.seq, i as u64 + 1);
+            let event =
+                pb::RoomOpEvent::decode(outcome.broadcasts[0].payload.clone()).expect("decodes");
+            assert_eq!((event.seq, event.from.as_str()), (i as u64 + 1, *from));
+            let to: Vec<&str> = outcome.broadcasts[0]
+                .to
+                .iter()
+                .map(|r| r.user_id.as_str())
+                .collect();
+            assert_eq!(to, vec!["a", "b"]);
+        }
+        // "b" joined without a known gateway; its own request taught the room where it is.
+        assert_eq!(r.members[1].gateway, Some(NodeId::new("gw")));
+    }
+
+    #[test]
+    fn properties_are_set_removed_and_announced() {
+        let mut r = room(2);
+        let _ = r.apply(Command::Join(member("a")));
+        let props = HashMap::from([
+            ("map".to_owned(), "dust".to_owned()),
+            ("mode".to_owned(), "duel".to_owned()),
+        ]);
+        let (reply, outcome) = r.apply(Command::SetProperties {
+            member: member("a"),
+            properties: props,
+        });
+        assert!(reply.is_ok());
+        assert_eq!(routes_of(&outcome), vec![routes::PUSH_PROPERTIES]);
+        let remove = HashMap::from([("mode".to_owned(), String::new())]);
+        let _ = r.apply(Command::SetProperties {
+            member: member("a"),
+            properties: remove,
+        });
+        assert_eq!(
+            r.info_message().properties,
+            HashMap::from([("map".to_owned(), "dust".to_owned())])
+        );
+    }
+}

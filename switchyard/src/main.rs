@@ -1,0 +1,73 @@
+//! `switchyard`: every Switchyard service in one binary (the Docker image holds only this),
+//! and `switchyard up`, which starts the whole system as separate processes on loopback.
+//!
+//! # Layout
+//! - `main.rs`: the commands; each service command is that service's own `Config` and `run`.
+//! - `up.rs`: the launcher.
+
+// The launcher's output is its job.
+#![allow(clippy::print_stdout)]
+
+mod up;
+
+use clap::{Parser, Subcommand};
+use runtime::{ListenDefaults, Listeners, signal, telemetry};
+use tokio_util::sync::CancellationToken;
+
+/// Switchyard: a game and realtime server cluster.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Runs the whole system on loopback: a gateway, two room servers, a match server; with
+    /// `--demo`, also the client-sim demo story.
+    Up(up::UpArgs),
+    /// The gateway.
+    Gateway(gateway::Config),
+    /// A room server.
+    LogicRoom(logic_room::Config),
+    /// A match server.
+    LogicMatch(logic_match::Config),
+    /// Simulated clients.
+    ClientSim(client_sim::Cli),
+}
+
+fn shutdown_on_signal() -> CancellationToken {
+    let shutdown = CancellationToken::new();
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            signal::shutdown().await;
+            shutdown.cancel();
+        }
+    });
+    shutdown
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Up(args) => up::run(args).await,
+        Command::Gateway(config) => {
+            telemetry::init_logs(config.node.log_format);
+            let listeners = gateway::Listeners::bind(&config).await?;
+            gateway::run(config, listeners, shutdown_on_signal()).await
+        }
+        Command::LogicRoom(config) => {
+            telemetry::init_logs(config.node.log_format);
+            let listeners = Listeners::bind(config.node.listen(ListenDefaults::LOOPBACK)).await?;
+            logic_room::run(config, listeners, shutdown_on_signal()).await
+        }
+        Command::LogicMatch(config) => {
+            telemetry::init_logs(config.node.log_format);
+            let listeners = Listeners::bind(config.node.listen(ListenDefaults::LOOPBACK)).await?;
+            logic_match::run(config, listeners, shutdown_on_signal()).await
+        }
+        Command::ClientSim(cli) => client_sim::run(cli).await,
+    }
+}
