@@ -18,7 +18,7 @@ require() {
 }
 
 servers=(gateway logic-room logic-match)
-workspace_crates=(mesh runtime wire logic-sdk client gateway logic-room logic-match client-sim bench)
+workspace_crates=(mesh runtime wire logic-sdk client gateway logic-room logic-match client-sim bench switchyard)
 
 # proto depends on no workspace crate.
 for crate in "${workspace_crates[@]}"; do forbid proto "$crate"; done
@@ -31,15 +31,17 @@ for crate in runtime gateway logic-room logic-match client-sim; do forbid mesh "
 for shared in logic-sdk client wire runtime; do for server in "${servers[@]}"; do forbid "$shared" "$server"; done; done
 # The client library is for clients: it knows nothing of the cluster.
 for crate in mesh runtime logic-sdk; do forbid client "$crate"; done
-# Only the gateway and client code (the client library, the wire format, the load generator)
-# depend on the WebSocket library.
-for crate in mesh runtime logic-sdk logic-room logic-match; do forbid "$crate" tungstenite; done
+# Only the gateway and client code (the client library, client-sim, the benchmarks, and the
+# launcher that bundles them) depend on the WebSocket library; `wire` only with its `ws` feature.
+for crate in mesh runtime logic-sdk logic-room logic-match proto; do forbid "$crate" tungstenite; done
 # Positive controls: the checks above would see a real edge.
 require runtime mesh
 require gateway runtime
 require mesh proto
 require gateway tungstenite
 require client wire
+require logic-room logic-sdk
+require logic-match wire
 
 if [ "$failed" -ne 0 ]; then exit 1; fi
 echo "dependency checks passed"

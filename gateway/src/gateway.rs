@@ -431,16 +431,20 @@ impl Gateway {
         route: u32,
         payload: &Bytes,
     ) -> HashMap<String, bool> {
-        let mut delivered = HashMap::with_capacity(users.len());
-        for user in users {
-            let ok = self
-                .sessions
-                .by_user(user)
-                .is_some_and(|s| s.push(route, payload.clone()));
-            if ok {
-                ::metrics::counter!(crate::metrics::PUSHES).increment(1);
-            }
-            delivered.insert(user.clone(), ok);
+        users
+            .iter()
+            .map(|user| (user.clone(), self.push_one(user, route, payload)))
+            .collect()
+    }
+
+    /// Pushes to one user if connected here.
+    pub(crate) fn push_one(&self, user: &str, route: u32, payload: &Bytes) -> bool {
+        let delivered = self
+            .sessions
+            .by_user(user)
+            .is_some_and(|s| s.push(route, payload.clone()));
+        if delivered {
+            ::metrics::counter!(crate::metrics::PUSHES).increment(1);
         }
         delivered
     }

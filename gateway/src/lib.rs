@@ -150,19 +150,35 @@ impl Listeners {
     pub async fn bind(config: &Config) -> anyhow::Result<Self> {
         Ok(Self {
             node: runtime::Listeners::bind(config.node.listen(LISTEN_DEFAULTS)).await?,
-            ws: TcpListener::bind(config.ws_listen).await?,
-            tcp: TcpListener::bind(config.tcp_listen).await?,
+            ws: client_listener(config.ws_listen)?,
+            tcp: client_listener(config.tcp_listen)?,
         })
     }
 
     /// Every listener on 127.0.0.1 with a free port: for tests and benchmarks.
     pub async fn loopback() -> anyhow::Result<Self> {
+        let any = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0));
         Ok(Self {
             node: runtime::Listeners::loopback().await?,
-            ws: TcpListener::bind("127.0.0.1:0").await?,
-            tcp: TcpListener::bind("127.0.0.1:0").await?,
+            ws: client_listener(any)?,
+            tcp: client_listener(any)?,
         })
     }
+}
+
+/// Pending connections the kernel may hold for a client listener. The default (128) drops SYNs
+/// during connect storms, and each dropped SYN costs that client a one-second retransmit.
+const CLIENT_BACKLOG: u32 = 4096;
+
+fn client_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(CLIENT_BACKLOG)
 }
 
 /// Runs the gateway until `shutdown` is cancelled, then drains (clients are told the gateway

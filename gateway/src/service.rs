@@ -173,6 +173,24 @@ impl gateway_server::Gateway for GatewayService {
         Ok(Response::new(reply))
     }
 
+    async fn push_batch(
+        &self,
+        request: Request<pb::PushBatchRequest>,
+    ) -> Result<Response<pb::PushBatchReply>, Status> {
+        let gateway = &self.0;
+        let mut reply = pb::PushBatchReply::default();
+        for push in request.into_inner().pushes {
+            for user in &push.user_ids {
+                if gateway.push_one(user, push.route, &push.payload) {
+                    reply.delivered += 1;
+                } else {
+                    reply.not_online += 1;
+                }
+            }
+        }
+        Ok(Response::new(reply))
+    }
+
     async fn kick(
         &self,
         request: Request<pb::KickRequest>,

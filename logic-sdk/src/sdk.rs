@@ -428,20 +428,33 @@ fn group_by_gateway(
     per_gateway
 }
 
-/// Sends one gateway's queued pushes in order. Ends when the gateway leaves the cluster.
+/// Most pushes sent to a gateway in one batch.
+const BATCH: usize = 512;
+
+/// Sends one gateway's queued pushes in order, as batches of whatever is queued (one RPC per
+/// batch, not per push). Ends when the gateway leaves the cluster.
 async fn drain_pipeline(sdk: Sdk, gateway: NodeId, mut queue: mpsc::Receiver<pb::PushRequest>) {
-    while let Some(request) = queue.recv().await {
+    let mut batch = Vec::with_capacity(BATCH);
+    while queue.recv_many(&mut batch, BATCH).await > 0 {
         if sdk.cluster().node(&gateway).is_none() {
             debug!(%gateway, "gateway left; dropping its push queue");
             break;
         }
-        let (_, result) = sdk
-            .call_gateway(gateway.clone(), move |mut client| async move {
-                client.push(request).await
-            })
-            .await;
-        if let Err(error) = result {
-            warn!(%gateway, %error, "ordered push failed");
+        let request = pb::PushBatchRequest {
+            pushes: std::mem::take(&mut batch),
+        };
+        let channel = match sdk.mesh.peer_channel(&gateway) {
+            Ok(channel) => channel,
+            Err(error) => {
+                warn!(%gateway, %error, "ordered pushes dropped: gateway unreachable");
+                continue;
+            }
+        };
+        let mut client = GatewayClient::new(channel);
+        match tokio::time::timeout(sdk.gateway_timeout, client.push_batch(request)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(status)) => warn!(%gateway, %status, "ordered pushes failed"),
+            Err(_) => warn!(%gateway, "ordered pushes timed out"),
         }
     }
     // The receiver drops here: `pipeline` sees the queue closed and starts a new one if the

@@ -149,6 +149,7 @@ impl Node {
             SocketAddr::new(host, datagram_local.port()),
         );
         prepare(&mut me);
+        wait_for_seed_names(&config.gossip.seeds).await;
         let membership = GossipMembership::start(&config.gossip, &me, listeners.gossip)
             .await
             .map_err(StartError::Gossip)?;
@@ -326,6 +327,40 @@ impl Node {
             warn!(%node, "some tasks did not stop within 5 s");
         }
         info!(%node, "node stopped");
+    }
+}
+
+/// Waits (up to 30 s) until seeds given by host name resolve: in container networks a seed's
+/// name appears only once its container runs, and gossip re-resolves names only every minute.
+async fn wait_for_seed_names(seeds: &[String]) {
+    let names: Vec<&String> = seeds
+        .iter()
+        .filter(|s| s.parse::<SocketAddr>().is_err())
+        .collect();
+    if names.is_empty() {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    for name in names {
+        loop {
+            let resolved = tokio::net::lookup_host(name.as_str())
+                .await
+                .map(|mut addrs| addrs.next().is_some());
+            match resolved {
+                Ok(true) => break,
+                result => {
+                    if tokio::time::Instant::now() >= deadline {
+                        warn!(seed = %name, "seed name does not resolve; gossip will keep trying");
+                        break;
+                    }
+                    let error = result
+                        .err()
+                        .map_or_else(|| "no address".to_owned(), |e| e.to_string());
+                    info!(seed = %name, %error, "waiting for the seed's name to resolve");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
     }
 }
 

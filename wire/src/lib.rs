@@ -9,6 +9,7 @@
 pub mod auth;
 mod codec;
 pub mod envelope;
+#[cfg(feature = "ws")]
 pub mod ws;
 
 pub use codec::{DEFAULT_MAX_FRAME, FrameCodec, FrameError};

@@ -1,0 +1,592 @@
+//! The whole system as real processes: gateways, room servers and a match server started from
+//! the `switchyard` binary on loopback ports, driven through the client library.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use client::{Address, Client, Event, Events};
+use prost::Message;
+use proto::{
+    matchmaking::v1::{self as mm, routes as match_routes},
+    room::v1::{self as room, errors as room_errors, routes as room_routes},
+};
+
+static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// One service process.
+struct Service {
+    child: Child,
+    admin: SocketAddr,
+    gossip: SocketAddr,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Service {
+    fn signal(&self, name: &str) {
+        let _ = Command::new("kill")
+            .args(["-s", name, &self.child.id().to_string()])
+            .status();
+    }
+
+    /// The member list this service sees (its `/cluster/nodes`).
+    fn nodes(&self) -> serde_json::Value {
+        serde_json::from_str(&http_get(self.admin, "/cluster/nodes")).unwrap_or_default()
+    }
+}
+
+/// A cluster of real processes with its own cluster id.
+struct Sandbox {
+    cluster: String,
+    dir: PathBuf,
+    seed: Option<SocketAddr>,
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Sandbox {
+    fn new() -> Self {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let cluster = format!("e2e-{}-{n}", std::process::id());
+        let dir = std::env::temp_dir().join(&cluster);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        Sandbox {
+            cluster,
+            dir,
+            seed: None,
+        }
+    }
+
+    fn start(&mut self, command: &str, id: &str, args: &[&str]) -> Service {
+        let ready = self.dir.join(format!("{id}.ready"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+        cmd.arg(command)
+            .args([
+                "--node-id",
+                id,
+                "--cluster-id",
+                &self.cluster,
+                "--cluster-secret",
+                "e2e-test-secret",
+            ])
+            .args([
+                "--grpc-listen",
+                "127.0.0.1:0",
+                "--gossip-listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--gossip-interval-ms", "50", "--load-interval-ms", "100"])
+            .arg("--ready-file")
+            .arg(&ready)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        if let Some(seed) = self.seed {
+            cmd.args(["--seeds", &seed.to_string()]);
+        } else if command != "gateway" {
+            panic!("start a gateway first: it is the seed");
+        }
+        let child = cmd.spawn().expect("spawn switchyard");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let text = loop {
+            if let Ok(text) = std::fs::read_to_string(&ready) {
+                break text;
+            }
+            assert!(Instant::now() < deadline, "{id} never became ready");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let kv: HashMap<&str, &str> = text.lines().filter_map(|l| l.split_once('=')).collect();
+        let service = Service {
+            child,
+            admin: kv["admin"].parse().expect("admin"),
+            gossip: kv["gossip"].parse().expect("gossip"),
+        };
+        if self.seed.is_none() {
+            self.seed = Some(service.gossip);
+        }
+        service
+    }
+
+    fn gateway(&mut self, id: &str) -> Service {
+        self.start(
+            "gateway",
+            id,
+            &[
+                "--ws-listen",
+                "127.0.0.1:0",
+                "--tcp-listen",
+                "127.0.0.1:0",
+                "--rate-limit",
+                "0",
+            ],
+        )
+    }
+}
+
+/// Waits (polling) until `check` holds.
+async fn eventually(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until `service` sees the given online members by id.
+async fn wait_for_members(service: &Service, ids: &[&str]) {
+    eventually(&format!("members {ids:?}"), Duration::from_secs(10), || {
+        let nodes = service.nodes();
+        let online: Vec<String> = nodes["nodes"]
+            .as_array()
+            .map(|n| {
+                n.iter()
+                    .filter(|n| n["state"] == "online")
+                    .filter_map(|n| n["id"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        ids.iter().all(|id| online.iter().any(|o| o == id))
+    })
+    .await;
+}
+
+/// The gateway's client addresses, as it announces them.
+fn client_address(gateway: &Service, ws: bool) -> Address {
+    let nodes = gateway.nodes();
+    let me = nodes["self"].as_str().expect("self").to_owned();
+    let record = nodes["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .find(|n| n["id"] == me.as_str())
+        .expect("own record")
+        .clone();
+    let addresses = record["client"]
+        .as_str()
+        .expect("client addresses")
+        .to_owned();
+    let pick = addresses
+        .split(',')
+        .find(|a| a.starts_with(if ws { "ws://" } else { "tcp://" }))
+        .expect("address")
+        .to_owned();
+    if ws {
+        Address::WebSocket(pick)
+    } else {
+        Address::Tcp(pick.trim_start_matches("tcp://").parse().expect("tcp"))
+    }
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    );
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
+}
+
+struct Player {
+    name: String,
+    client: Client,
+    events: Events,
+}
+
+impl Player {
+    async fn login(address: Address, name: &str) -> Player {
+        let (client, events) = Client::connect(address).await.expect("connect");
+        let login = mm::Login {
+            user_id: name.to_owned(),
+            token: String::new(),
+        };
+        let response = client
+            .request(match_routes::LOGIN, login.encode_to_vec())
+            .await
+            .expect("answered");
+        assert!(response.is_ok(), "login {name}: {response:?}");
+        Player {
+            name: name.to_owned(),
+            client,
+            events,
+        }
+    }
+
+    async fn enqueue(&self, mode: &str) {
+        let response = self
+            .client
+            .request(
+                match_routes::ENQUEUE,
+                mm::Enqueue { mode: mode.into() }.encode_to_vec(),
+            )
+            .await
+            .expect("answered");
+        assert!(response.is_ok(), "{} enqueue: {response:?}", self.name);
+    }
+
+    async fn push(&mut self, route: u32) -> Bytes {
+        loop {
+            let event = tokio::time::timeout(Duration::from_secs(10), self.events.next()).await;
+            match event.unwrap_or_else(|_| panic!("{}: no push {route:#x} within 10 s", self.name))
+            {
+                Some(Event::Push(push)) if push.route == route => return push.payload,
+                Some(Event::Disconnected { reason }) | Some(Event::Kicked { reason, .. }) => {
+                    panic!("{} disconnected: {reason}", self.name)
+                }
+                Some(_) => {}
+                None => panic!("{}: events ended", self.name),
+            }
+        }
+    }
+
+    async fn matched(&mut self) -> mm::MatchFound {
+        mm::MatchFound::decode(self.push(match_routes::PUSH_MATCH_FOUND).await).expect("decodes")
+    }
+
+    async fn op(&self, room_id: &str, text: &str) -> u64 {
+        let op = room::RoomOp {
+            room_id: room_id.into(),
+            payload: Bytes::from(text.to_owned()),
+        };
+        let response = self
+            .client
+            .request(room_routes::OP, op.encode_to_vec())
+            .await
+            .expect("answered");
+        assert!(response.is_ok(), "{} op: {response:?}", self.name);
+        room::OpAccepted::decode(response.payload)
+            .expect("decodes")
+            .seq
+    }
+
+    async fn ops_seen(&mut self, count: usize) -> Vec<(u64, String)> {
+        let mut seen = Vec::new();
+        while seen.len() < count {
+            let event =
+                room::RoomOpEvent::decode(self.push(room_routes::PUSH_OP).await).expect("decodes");
+            seen.push((
+                event.seq,
+                String::from_utf8_lossy(&event.payload).into_owned(),
+            ));
+        }
+        seen
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_players_are_bound_to_the_emptier_room_server_and_see_one_order_of_operations() {
+    let mut sandbox = Sandbox::new();
+    let gateway = sandbox.gateway("gw");
+    let _busy = sandbox.start("logic-room", "room-busy", &["--preload-rooms", "3"]);
+    let _empty = sandbox.start("logic-room", "room-empty", &[]);
+    let _matcher = sandbox.start("logic-match", "match", &["--modes", "duel=2"]);
+    wait_for_members(&gateway, &["gw", "room-busy", "room-empty", "match"]).await;
+
+    let mut ann = Player::login(client_address(&gateway, true), "ann").await;
+    let mut ben = Player::login(client_address(&gateway, false), "ben").await;
+    ann.enqueue("duel").await;
+    ben.enqueue("duel").await;
+    let (found_a, found_b) = (ann.matched().await, ben.matched().await);
+    assert_eq!(
+        found_a.room_node, "room-empty",
+        "the server with fewer rooms gets the match"
+    );
+    assert_eq!(found_a.room_id, found_b.room_id);
+    let room_id = found_a.room_id;
+
+    // They are bound to the room server: their room operations land there, and every member,
+    // the sender included, sees them in one order.
+    let sent = [
+        ann.op(&room_id, "a1").await,
+        ben.op(&room_id, "b1").await,
+        ann.op(&room_id, "a2").await,
+    ];
+    assert_eq!(sent, [1, 2, 3]);
+    let seen_a = ann.ops_seen(3).await;
+    let seen_b = ben.ops_seen(3).await;
+    assert_eq!(
+        seen_a,
+        vec![(1, "a1".into()), (2, "b1".into()), (3, "a2".into())]
+    );
+    assert_eq!(seen_a, seen_b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_leaving_hands_the_room_over_and_a_disconnect_is_announced() {
+    let mut sandbox = Sandbox::new();
+    let gateway = sandbox.gateway("gw");
+    let _room = sandbox.start("logic-room", "room", &[]);
+    let _matcher = sandbox.start("logic-match", "match", &["--modes", "trio=3"]);
+    wait_for_members(&gateway, &["gw", "room", "match"]).await;
+    let mut players = Vec::new();
+    for name in ["owner", "second", "third"] {
+        let player = Player::login(client_address(&gateway, true), name).await;
+        player.enqueue("trio").await;
+        players.push(player);
+    }
+    let mut room_id = String::new();
+    for player in &mut players {
+        room_id = player.matched().await.room_id;
+    }
+    let info = room::RoomInfo::decode(
+        players[1]
+            .client
+            .request(
+                room_routes::GET_PROPERTIES,
+                room::RoomRef {
+                    room_id: room_id.clone(),
+                }
+                .encode_to_vec(),
+            )
+            .await
+            .expect("answered")
+            .payload,
+    )
+    .expect("decodes");
+    assert_eq!(
+        info.owner, "owner",
+        "the first matched player owns the room"
+    );
+
+    let leave = players[0]
+        .client
+        .request(
+            room_routes::LEAVE,
+            room::LeaveRoom {
+                room_id: room_id.clone(),
+            }
+            .encode_to_vec(),
+        )
+        .await
+        .expect("answered");
+    assert!(leave.is_ok());
+    let changed =
+        room::OwnerChanged::decode(players[1].push(room_routes::PUSH_OWNER_CHANGED).await)
+            .expect("decodes");
+    assert_eq!(
+        changed.owner, "second",
+        "the longest-standing member is elected"
+    );
+
+    // A member who disconnects leaves with a reason.
+    players[2].client.close().await;
+    loop {
+        let left = room::MemberEvent::decode(players[1].push(room_routes::PUSH_MEMBER_LEFT).await)
+            .expect("decodes");
+        if left.user_id == "third" {
+            assert_eq!(left.reason, "disconnected");
+            break;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_room_is_removed_after_its_ttl() {
+    let mut sandbox = Sandbox::new();
+    let gateway = sandbox.gateway("gw");
+    let room_server = sandbox.start("logic-room", "room", &["--empty-room-ttl-ms", "300"]);
+    let _matcher = sandbox.start("logic-match", "match", &[]);
+    wait_for_members(&gateway, &["gw", "room", "match"]).await;
+    let player = Player::login(client_address(&gateway, false), "solo").await;
+    let created = player
+        .client
+        .request(
+            room_routes::CREATE,
+            room::CreateRoom::default().encode_to_vec(),
+        )
+        .await
+        .expect("answered");
+    let room_id = room::RoomInfo::decode(created.payload)
+        .expect("decodes")
+        .room_id;
+    let rooms_of = |service: &Service| -> Option<u64> {
+        let nodes = service.nodes();
+        nodes["nodes"]
+            .as_array()?
+            .iter()
+            .find(|n| n["id"] == "room")
+            .and_then(|n| n["load"]["rooms"].as_u64())
+    };
+    eventually(
+        "the room server reports one room",
+        Duration::from_secs(5),
+        || rooms_of(&room_server) == Some(1),
+    )
+    .await;
+    player
+        .client
+        .request(
+            room_routes::LEAVE,
+            room::LeaveRoom {
+                room_id: room_id.clone(),
+            }
+            .encode_to_vec(),
+        )
+        .await
+        .expect("answered");
+    eventually("the empty room is removed", Duration::from_secs(5), || {
+        rooms_of(&room_server) == Some(0)
+    })
+    .await;
+    let join = player
+        .client
+        .request(
+            room_routes::JOIN,
+            room::JoinRoom { room_id }.encode_to_vec(),
+        )
+        .await
+        .expect("answered");
+    assert_eq!(join.status, room_errors::ROOM_NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_player_who_disconnects_while_queued_leaves_the_queue() {
+    let mut sandbox = Sandbox::new();
+    let gateway = sandbox.gateway("gw");
+    let _room = sandbox.start("logic-room", "room", &[]);
+    let _matcher = sandbox.start("logic-match", "match", &["--modes", "duel=2"]);
+    wait_for_members(&gateway, &["gw", "room", "match"]).await;
+    let quitter = Player::login(client_address(&gateway, true), "quitter").await;
+    quitter.enqueue("duel").await;
+    quitter.client.close().await;
+    drop(quitter);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut a = Player::login(client_address(&gateway, true), "stay-a").await;
+    let mut b = Player::login(client_address(&gateway, true), "stay-b").await;
+    a.enqueue("duel").await;
+    b.enqueue("duel").await;
+    let found = a.matched().await;
+    assert_eq!(
+        found.members,
+        vec!["stay-a".to_owned(), "stay-b".to_owned()],
+        "the quitter was not matched"
+    );
+    assert_eq!(b.matched().await.room_id, found.room_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_server_that_does_not_answer_the_load_request_is_skipped() {
+    let mut sandbox = Sandbox::new();
+    let gateway = sandbox.gateway("gw");
+    let _busy = sandbox.start(
+        "logic-room",
+        "room-busy",
+        &["--preload-rooms", "2", "--failure-detection-ms", "20000"],
+    );
+    let frozen = sandbox.start(
+        "logic-room",
+        "room-frozen",
+        &["--failure-detection-ms", "20000"],
+    );
+    let _matcher = sandbox.start(
+        "logic-match",
+        "match",
+        &[
+            "--modes",
+            "duel=2",
+            "--collect-timeout-ms",
+            "300",
+            "--failure-detection-ms",
+            "20000",
+        ],
+    );
+    wait_for_members(&gateway, &["gw", "room-busy", "room-frozen", "match"]).await;
+    // Frozen, the emptier server still looks like a member but answers nothing.
+    frozen.signal("STOP");
+    let mut a = Player::login(client_address(&gateway, true), "fa").await;
+    let mut b = Player::login(client_address(&gateway, true), "fb").await;
+    a.enqueue("duel").await;
+    b.enqueue("duel").await;
+    let found = a.matched().await;
+    assert_eq!(
+        found.room_node, "room-busy",
+        "the silent server was skipped"
+    );
+    assert_eq!(b.matched().await.room_id, found.room_id);
+    frozen.signal("CONT");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_players_on_two_gateways_are_matched_into_one_room() {
+    let mut sandbox = Sandbox::new();
+    let g1 = sandbox.gateway("g1");
+    let g2 = sandbox.gateway("g2");
+    let _room = sandbox.start("logic-room", "room", &[]);
+    let _matcher = sandbox.start("logic-match", "match", &["--modes", "ten=10"]);
+    wait_for_members(&g1, &["g1", "g2", "room", "match"]).await;
+    wait_for_members(&g2, &["g1", "g2", "room", "match"]).await;
+    let mut players = Vec::new();
+    for i in 0..10 {
+        let gateway = if i % 2 == 0 { &g1 } else { &g2 };
+        let player = Player::login(client_address(gateway, i % 3 == 0), &format!("p{i}")).await;
+        player.enqueue("ten").await;
+        players.push(player);
+    }
+    let mut rooms = Vec::new();
+    for player in &mut players {
+        let found = player.matched().await;
+        assert_eq!(found.members.len(), 10);
+        rooms.push(found.room_id);
+    }
+    rooms.dedup();
+    assert_eq!(rooms.len(), 1, "one room for all ten");
+    let room_id = rooms[0].clone();
+    players[3].op(&room_id, "from p3").await;
+    for player in &mut players {
+        assert_eq!(
+            player.ops_seen(1).await,
+            vec![(1, "from p3".to_owned())],
+            "{} on either gateway sees it",
+            player.name
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_room_server_players_are_told_and_stay_queued_until_one_comes() {
+    let mut sandbox = Sandbox::new();
+    let gateway = sandbox.gateway("gw");
+    let _matcher = sandbox.start(
+        "logic-match",
+        "match",
+        &["--modes", "duel=2", "--retry-ms", "300"],
+    );
+    wait_for_members(&gateway, &["gw", "match"]).await;
+    let mut a = Player::login(client_address(&gateway, true), "early-a").await;
+    let mut b = Player::login(client_address(&gateway, false), "early-b").await;
+    a.enqueue("duel").await;
+    b.enqueue("duel").await;
+    let delayed =
+        mm::MatchDelayed::decode(a.push(match_routes::PUSH_MATCH_DELAYED).await).expect("decodes");
+    assert_eq!(delayed.reason, "no room server is available");
+    let _late = sandbox.start("logic-room", "late-room", &[]);
+    let found = a.matched().await;
+    assert_eq!(found.room_node, "late-room");
+    assert_eq!(b.matched().await.room_id, found.room_id);
+}
