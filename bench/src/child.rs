@@ -40,6 +40,11 @@ impl ChildProcess {
         Ok(Self { child, ready })
     }
 
+    /// The process id (for CPU and memory accounting).
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub(crate) fn get(&self, key: &str) -> anyhow::Result<&str> {
         self.ready
             .get(key)

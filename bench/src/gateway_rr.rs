@@ -69,10 +69,10 @@ const TARGETS: [Target; 4] = [
 ];
 
 struct Servers {
-    _gateway: ChildProcess,
-    _logic: ChildProcess,
-    _bare_ws: ChildProcess,
-    _bare_grpc: ChildProcess,
+    gateway: ChildProcess,
+    logic: ChildProcess,
+    bare_ws_server: ChildProcess,
+    bare_grpc_server: ChildProcess,
     ws: String,
     tcp: std::net::SocketAddr,
     bare_ws: String,
@@ -86,6 +86,20 @@ struct Row {
     p50_us: Spread,
     p99_us: Spread,
     throughput_per_s: Spread,
+    server_cpu_us_per_op: Spread,
+}
+
+impl Servers {
+    /// The server processes a target's CPU is charged to.
+    fn pids(&self, target: Target) -> Vec<u32> {
+        match target {
+            Target::SwitchyardWs | Target::SwitchyardTcp => {
+                vec![self.gateway.pid(), self.logic.pid()]
+            }
+            Target::BareWs => vec![self.bare_ws_server.pid()],
+            Target::BareTonic => vec![self.bare_grpc_server.pid()],
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -108,10 +122,10 @@ pub(crate) async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         tcp: gateway.get("tcp")?.parse()?,
         bare_ws: bare_ws.get("ws")?.to_owned(),
         bare_grpc: bare_grpc.get("grpc")?.to_owned(),
-        _gateway: gateway,
-        _logic: logic,
-        _bare_ws: bare_ws,
-        _bare_grpc: bare_grpc,
+        gateway,
+        logic,
+        bare_ws_server: bare_ws,
+        bare_grpc_server: bare_grpc,
     };
     wait_until_routed(&servers).await?;
     let payload = Bytes::from(vec![7u8; args.payload]);
@@ -157,6 +171,7 @@ pub(crate) async fn run(args: GatewayArgs) -> anyhow::Result<()> {
                 p50_us: Spread::of(mine.iter().map(|f| f.p50_us)),
                 p99_us: Spread::of(mine.iter().map(|f| f.p99_us)),
                 throughput_per_s: Spread::of(mine.iter().map(|f| f.throughput_per_s)),
+                server_cpu_us_per_op: Spread::of(mine.iter().map(|f| f.server_cpu_us_per_op)),
             });
         }
     }
@@ -199,12 +214,13 @@ fn print_report(report: &Report, args: &GatewayArgs) {
         let ratio =
             |a: f64, b: Option<f64>| b.map_or(String::from("-"), |b| format!("{:.2}", a / b));
         println!(
-            "| {:?} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {:?} | {} | {} | {} | {} | {} | {} | {} | {} |",
             row.target,
             row.connections,
             row.p50_us,
             row.p99_us,
             row.throughput_per_s,
+            row.server_cpu_us_per_op,
             ratio(row.p50_us.median, ws.map(|r| r.p50_us.median)),
             ratio(row.p50_us.median, tonic.map(|r| r.p50_us.median)),
             ratio(
@@ -216,11 +232,17 @@ fn print_report(report: &Report, args: &GatewayArgs) {
 }
 
 async fn wait_until_routed(servers: &Servers) -> anyhow::Result<()> {
+    wait_for_login(&Address::Tcp(servers.tcp)).await
+}
+
+/// Waits until the gateway at `address` routes logins and echoes to the echo server.
+pub(crate) async fn wait_for_login(address: &Address) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let (client, _events) = Client::connect(Address::Tcp(servers.tcp)).await?;
+        let (client, _events) = Client::connect(address.clone()).await?;
         let login = client.request(LOGIN, "probe").await?;
         if login.is_ok() && client.request(ECHO, "x").await?.is_ok() {
+            client.close().await;
             return Ok(());
         }
         anyhow::ensure!(
@@ -260,6 +282,7 @@ async fn measure(
         }));
     }
     start_line.wait().await;
+    let cpu = crate::procfs::CpuMeter::start(&servers.pids(target));
     let started = Instant::now();
     let mut all = histogram();
     let mut completed = 0;
@@ -268,7 +291,8 @@ async fn measure(
         all.add(&h)?;
         completed += n;
     }
-    Ok(RunFigures::new(&all, completed, started.elapsed()))
+    Ok(RunFigures::new(&all, completed, started.elapsed())
+        .with_server_cpu(cpu.elapsed_micros(), completed))
 }
 
 enum Conn {

@@ -6,12 +6,17 @@
 //! - `mesh_rr`: scenario `mesh` (mesh request/response vs bare tonic unary).
 //! - `gateway_rr`: scenario `gateway` (client → gateway → echo logic server, vs bare WebSocket
 //!   echo and bare tonic unary).
+//! - `idle_memory`: scenario `idle-memory` (gateway RSS per idle session vs a bare WebSocket
+//!   echo server).
+//! - `procfs`: CPU time and RSS of server processes from `/proc`.
 //! - `child`: server processes the harness starts (this binary, hidden subcommands).
 //! - `stats`: histograms and spreads.
 
 mod child;
 mod gateway_rr;
+mod idle_memory;
 mod mesh_rr;
+mod procfs;
 mod stats;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -34,6 +39,8 @@ enum Scenario {
     Mesh(mesh_rr::MeshArgs),
     /// Client → gateway → echo logic server vs a bare WebSocket echo and a bare tonic call.
     Gateway(gateway_rr::GatewayArgs),
+    /// Gateway memory per idle, logged-in session (WebSocket and TCP) vs a bare WebSocket echo.
+    IdleMemory(idle_memory::IdleArgs),
     /// (internal) a gateway.
     #[command(hide = true)]
     ServeGateway,
@@ -130,6 +137,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Mesh(args) => mesh_rr::run(args).await,
             Scenario::ServeMeshNode => mesh_rr::serve_node().await,
             Scenario::Gateway(args) => gateway_rr::run(args).await,
+            Scenario::IdleMemory(args) => idle_memory::run(args).await,
             Scenario::ServeGateway => gateway_rr::serve_gateway().await,
             Scenario::ServeEchoLogic(args) => gateway_rr::serve_echo_logic(args).await,
             Scenario::ServeBareWs => gateway_rr::serve_bare_ws().await,

@@ -16,6 +16,9 @@ pub(crate) struct RunFigures {
     pub(crate) p50_us: f64,
     pub(crate) p99_us: f64,
     pub(crate) throughput_per_s: f64,
+    /// CPU time of the server processes per completed operation, in microseconds (0 when
+    /// not measured).
+    pub(crate) server_cpu_us_per_op: f64,
 }
 
 impl RunFigures {
@@ -24,7 +27,14 @@ impl RunFigures {
             p50_us: latency.value_at_quantile(0.50) as f64 / 1000.0,
             p99_us: latency.value_at_quantile(0.99) as f64 / 1000.0,
             throughput_per_s: completed as f64 / elapsed.as_secs_f64(),
+            server_cpu_us_per_op: 0.0,
         }
+    }
+
+    /// Charges `cpu_micros` of server CPU to the run's operations.
+    pub(crate) fn with_server_cpu(mut self, cpu_micros: u64, completed: u64) -> Self {
+        self.server_cpu_us_per_op = cpu_micros as f64 / completed.max(1) as f64;
+        self
     }
 }
 

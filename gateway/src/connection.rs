@@ -55,8 +55,8 @@ pub(crate) async fn serve(
     }
     ::metrics::counter!(crate::metrics::CONNECTIONS, "transport" => transport, "outcome" => "accepted").increment(1);
     let id = gateway.sessions.next_id();
-    let (session, outbound) = Session::new(id, &gateway.limits.session);
-    let span = info_span!("session", node = %gateway.node_id, session = id, %peer, transport);
+    let span = info_span!("session", node = %gateway.node_id, session = id, %peer, transport, user = tracing::field::Empty);
+    let (session, outbound) = Session::new(id, &gateway.limits.session, span.clone());
     async {
         let count = gateway.sessions.insert(session.clone());
         gateway.sessions_changed(count);
@@ -181,7 +181,7 @@ async fn dispatch(gateway: &Arc<Gateway>, session: &Arc<Session>, request: Envel
     };
     let Ok(permit) = permit else { return };
     let (gateway, session) = (gateway.clone(), session.clone());
-    let span = tracing::debug_span!("request", msg_id, route);
+    let span = tracing::debug_span!(parent: &session.span, "request", msg_id, route);
     gateway.tracker.clone().spawn(
         async move {
             let response = gateway.handle_request(&session, request).await;

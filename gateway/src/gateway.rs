@@ -316,6 +316,7 @@ impl Gateway {
                 "logged in from another connection",
             );
         }
+        session.span.record("user", &*user);
         info!(session = session.id, user = %user, "logged in");
         let kick = KickRequest {
             user_ids: vec![user.to_string()],

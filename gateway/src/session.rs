@@ -68,10 +68,16 @@ pub(crate) struct Session {
     pub(crate) abort: CancellationToken,
     /// Why the session ended, first reason wins.
     end: Mutex<Option<(u32, String)>>,
+    /// The session's log span (node, session, peer, transport; user once logged in).
+    pub(crate) span: tracing::Span,
 }
 
 impl Session {
-    pub(crate) fn new(id: u64, limits: &SessionLimits) -> (Arc<Session>, mpsc::Receiver<Outbound>) {
+    pub(crate) fn new(
+        id: u64,
+        limits: &SessionLimits,
+        span: tracing::Span,
+    ) -> (Arc<Session>, mpsc::Receiver<Outbound>) {
         let (outbound, rx) = mpsc::channel(limits.outbound_queue.max(2));
         let limiter = limits
             .rate
@@ -87,6 +93,7 @@ impl Session {
             stop: CancellationToken::new(),
             abort: CancellationToken::new(),
             end: Mutex::new(None),
+            span,
         };
         (Arc::new(session), rx)
     }

@@ -53,7 +53,8 @@ pub(crate) async fn accept_tcp(
 ) {
     let codec = FrameCodec::new(gateway.limits.max_frame);
     accept_loop(listener, stop, "tcp", |stream, peer| {
-        let (sink, stream) = Framed::new(stream, codec).split();
+        // A small first read buffer: it grows only when a larger frame arrives.
+        let (sink, stream) = Framed::with_capacity(stream, codec, 2048).split();
         gateway.tracker.spawn(connection::serve(
             gateway.clone(),
             Box::pin(stream),

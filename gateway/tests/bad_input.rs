@@ -254,11 +254,21 @@ async fn an_envelope_with_unknown_fields_is_served_normally() {
         Bytes::from_static(b"raw"),
     )));
     raw.write_all(&login_frame).await.expect("write");
+    // Requests on one connection run concurrently: wait for the login before the next.
+    let mut chunk = [0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(3), raw.read(&mut chunk))
+        .await
+        .expect("login answer")
+        .expect("read");
+    assert_eq!(
+        Envelope::decode(&chunk[4..n]).expect("valid").status,
+        0,
+        "logged in"
+    );
     raw.write_all(&frame(&body)).await.expect("write");
     let mut got = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        let mut chunk = [0u8; 1024];
-        while got.len() < 2 {
+        while got.is_empty() {
             let n = raw.read(&mut chunk).await.unwrap_or(0);
             if n == 0 {
                 return;

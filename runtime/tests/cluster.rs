@@ -63,9 +63,9 @@ async fn three_processes_see_each_other_and_a_killed_one_is_gone_within_the_dete
         gone.node().is_online(),
         "a killed node was online when it vanished"
     );
-    // Detection is bounded by the configured time plus one gossip round of scheduling slack.
+    // The default detection time is 2 s; the bound promised on loopback is 3 s.
     assert!(
-        detection <= DETECTION + Duration::from_millis(500),
+        detection <= Duration::from_secs(3),
         "detected after {detection:?}"
     );
     assert!(!observer.cluster.is_node_online(&p3));
