@@ -12,7 +12,7 @@ use futures::future::join_all;
 use mesh::{Mesh, NodeId, NodeKind};
 use proto::{
     gateway::v1::{KickRequest, gateway_client::GatewayClient},
-    logic::v1::{BindMode, LogicRequest, LogicResponse, SessionClosed, logic_client::LogicClient},
+    logic::v1::{BindMode, LogicRequest, LogicResponse, SessionEnded, logic_client::LogicClient},
 };
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
@@ -368,7 +368,7 @@ impl Gateway {
         if nodes.is_empty() {
             return;
         }
-        let closed = SessionClosed {
+        let closed = SessionEnded {
             session_id: session.id,
             user_id: user.as_deref().unwrap_or_default().to_owned(),
             gateway_node: self.node_id.to_string(),

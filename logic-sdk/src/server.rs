@@ -272,7 +272,7 @@ impl logic_server::Logic for LogicService {
 
     async fn session_closed(
         &self,
-        request: Request<pb::SessionClosed>,
+        request: Request<pb::SessionEnded>,
     ) -> Result<Response<pb::SessionClosedAck>, Status> {
         let closed = request.into_inner();
         if let Some(handler) = &self.on_closed {
