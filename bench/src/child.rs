@@ -18,6 +18,11 @@ pub(crate) struct ChildProcess {
 impl ChildProcess {
     pub(crate) fn spawn(args: &[&str]) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("locating the bench binary")?;
+        Self::spawn_program(&exe, args)
+    }
+
+    /// Starts another program that speaks the same `READY key=value ...` line.
+    pub(crate) fn spawn_program(exe: &std::path::Path, args: &[&str]) -> anyhow::Result<Self> {
         let mut child = Command::new(exe)
             .args(args)
             .env("RUST_LOG", "warn")

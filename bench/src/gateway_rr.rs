@@ -13,6 +13,7 @@ use clap::{Args, Parser};
 use client::{Address, Client, ClientConfig};
 use futures::{SinkExt, StreamExt};
 use logic_sdk::{LogicServer, Reply};
+use prost::Message;
 use proto::mesh::v1::{MeshRequest, mesh_client::MeshClient};
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -47,6 +48,10 @@ pub(crate) struct GatewayArgs {
     /// Also write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Where the Go baseline's binaries are (`bench/go-baseline/build.sh` builds them); its
+    /// targets are measured when they exist.
+    #[arg(long, default_value = "target/go-baseline/bin")]
+    go_baseline: PathBuf,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -59,14 +64,68 @@ enum Target {
     BareWs,
     /// tonic client → bare tonic echo server.
     BareTonic,
+    /// Client library over WebSocket → Go gateway → Go logic server (same protocol).
+    GoWs,
+    /// Client library over TCP → Go gateway → Go logic server.
+    GoTcp,
 }
 
-const TARGETS: [Target; 4] = [
+const SWITCHYARD_AND_FLOORS: [Target; 4] = [
     Target::SwitchyardWs,
     Target::SwitchyardTcp,
     Target::BareWs,
     Target::BareTonic,
 ];
+const WITH_GO: [Target; 6] = [
+    Target::SwitchyardWs,
+    Target::SwitchyardTcp,
+    Target::GoWs,
+    Target::GoTcp,
+    Target::BareWs,
+    Target::BareTonic,
+];
+
+/// The Go baseline's two processes.
+struct GoBaseline {
+    room: ChildProcess,
+    gateway: ChildProcess,
+    ws: String,
+    tcp: std::net::SocketAddr,
+}
+
+impl GoBaseline {
+    fn start(dir: &std::path::Path) -> anyhow::Result<Option<Self>> {
+        let (room_bin, gateway_bin) = (dir.join("go-room"), dir.join("go-gateway"));
+        if !room_bin.exists() || !gateway_bin.exists() {
+            eprintln!(
+                "no Go baseline in {} (bench/go-baseline/build.sh builds it): Go targets skipped",
+                dir.display()
+            );
+            return Ok(None);
+        }
+        let room = ChildProcess::spawn_program(&room_bin, &["-grpc", "127.0.0.1:0"])?;
+        let room_addr = room.get("grpc")?.to_owned();
+        let gateway = ChildProcess::spawn_program(
+            &gateway_bin,
+            &[
+                "-ws",
+                "127.0.0.1:0",
+                "-tcp",
+                "127.0.0.1:0",
+                "-grpc",
+                "127.0.0.1:0",
+                "-room",
+                &room_addr,
+            ],
+        )?;
+        Ok(Some(GoBaseline {
+            ws: gateway.get("ws")?.to_owned(),
+            tcp: gateway.get("tcp")?.parse()?,
+            gateway,
+            room,
+        }))
+    }
+}
 
 struct Servers {
     gateway: ChildProcess,
@@ -77,6 +136,7 @@ struct Servers {
     tcp: std::net::SocketAddr,
     bare_ws: String,
     bare_grpc: String,
+    go: Option<GoBaseline>,
 }
 
 #[derive(Serialize)]
@@ -98,6 +158,11 @@ impl Servers {
             }
             Target::BareWs => vec![self.bare_ws_server.pid()],
             Target::BareTonic => vec![self.bare_grpc_server.pid()],
+            Target::GoWs | Target::GoTcp => self
+                .go
+                .iter()
+                .flat_map(|go| [go.gateway.pid(), go.room.pid()])
+                .collect(),
         }
     }
 }
@@ -122,24 +187,33 @@ pub(crate) async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         tcp: gateway.get("tcp")?.parse()?,
         bare_ws: bare_ws.get("ws")?.to_owned(),
         bare_grpc: bare_grpc.get("grpc")?.to_owned(),
+        go: GoBaseline::start(&args.go_baseline)?,
         gateway,
         logic,
         bare_ws_server: bare_ws,
         bare_grpc_server: bare_grpc,
     };
     wait_until_routed(&servers).await?;
+    if let Some(go) = &servers.go {
+        wait_for_login(&Address::Tcp(go.tcp)).await?;
+    }
+    let targets: &[Target] = if servers.go.is_some() {
+        &WITH_GO
+    } else {
+        &SWITCHYARD_AND_FLOORS
+    };
     let payload = Bytes::from(vec![7u8; args.payload]);
 
     let mut runs: Vec<(Target, usize, RunFigures)> = Vec::new();
     for &connections in &args.connections {
         let warmup = Duration::from_millis(300);
-        for target in TARGETS {
+        for &target in targets {
             measure(&servers, target, connections, &payload, warmup).await?;
         }
         for round in 0..args.rounds {
             // Rotate the order every round so no target always runs first.
-            for i in 0..TARGETS.len() {
-                let target = TARGETS[(i + round) % TARGETS.len()];
+            for i in 0..targets.len() {
+                let target = targets[(i + round) % targets.len()];
                 let figures = measure(
                     &servers,
                     target,
@@ -159,7 +233,7 @@ pub(crate) async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     }
     let mut rows = Vec::new();
     for &connections in &args.connections {
-        for target in TARGETS {
+        for &target in targets {
             let mine: Vec<&RunFigures> = runs
                 .iter()
                 .filter(|r| r.0 == target && r.1 == connections)
@@ -196,13 +270,13 @@ fn print_report(report: &Report, args: &GatewayArgs) {
     );
     println!("machine: {}", report.machine);
     println!(
-        "figures: median (min–max); ratios against the bare WebSocket echo and bare tonic unary of the same run"
+        "figures: median (min–max); ratios against the bare WebSocket echo, the bare tonic unary and the Go baseline (same transport) of the same run"
     );
     println!();
     println!(
-        "| target | conns | p50 µs | p99 µs | req/s | p50 / bare WS | p50 / bare tonic | req/s / bare WS |"
+        "| target | conns | p50 µs | p99 µs | req/s | server CPU µs/req | p50 / bare WS | p50 / bare tonic | req/s / bare WS | p50 / Go | req/s / Go | CPU / Go |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for row in &report.rows {
         let find = |t: Target| {
             report
@@ -211,10 +285,15 @@ fn print_report(report: &Report, args: &GatewayArgs) {
                 .find(|r| r.target == t && r.connections == row.connections)
         };
         let (ws, tonic) = (find(Target::BareWs), find(Target::BareTonic));
+        let go_pair = match row.target {
+            Target::SwitchyardWs => find(Target::GoWs),
+            Target::SwitchyardTcp => find(Target::GoTcp),
+            _ => None,
+        };
         let ratio =
             |a: f64, b: Option<f64>| b.map_or(String::from("-"), |b| format!("{:.2}", a / b));
         println!(
-            "| {:?} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {:?} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             row.target,
             row.connections,
             row.p50_us,
@@ -226,6 +305,15 @@ fn print_report(report: &Report, args: &GatewayArgs) {
             ratio(
                 row.throughput_per_s.median,
                 ws.map(|r| r.throughput_per_s.median)
+            ),
+            ratio(row.p50_us.median, go_pair.map(|r| r.p50_us.median)),
+            ratio(
+                row.throughput_per_s.median,
+                go_pair.map(|r| r.throughput_per_s.median)
+            ),
+            ratio(
+                row.server_cpu_us_per_op.median,
+                go_pair.map(|r| r.server_cpu_us_per_op.median)
             ),
         );
     }
@@ -240,7 +328,7 @@ pub(crate) async fn wait_for_login(address: &Address) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let (client, _events) = Client::connect(address.clone()).await?;
-        let login = client.request(LOGIN, "probe").await?;
+        let login = client.request(LOGIN, login_payload("probe")).await?;
         if login.is_ok() && client.request(ECHO, "x").await?.is_ok() {
             client.close().await;
             return Ok(());
@@ -314,14 +402,18 @@ impl Conn {
             ..ClientConfig::default()
         };
         Ok(match target {
-            Target::SwitchyardWs | Target::SwitchyardTcp => {
-                let address = if target == Target::SwitchyardWs {
-                    Address::WebSocket(servers.ws.clone())
-                } else {
-                    Address::Tcp(servers.tcp)
+            Target::SwitchyardWs | Target::SwitchyardTcp | Target::GoWs | Target::GoTcp => {
+                let address = match (target, &servers.go) {
+                    (Target::SwitchyardWs, _) => Address::WebSocket(servers.ws.clone()),
+                    (Target::SwitchyardTcp, _) => Address::Tcp(servers.tcp),
+                    (Target::GoWs, Some(go)) => Address::WebSocket(go.ws.clone()),
+                    (_, Some(go)) => Address::Tcp(go.tcp),
+                    (_, None) => anyhow::bail!("no Go baseline"),
                 };
                 let (client, events) = Client::connect_with(address, config).await?;
-                let login = client.request(LOGIN, format!("user-{i}")).await?;
+                let login = client
+                    .request(LOGIN, login_payload(&format!("user-{i}")))
+                    .await?;
                 anyhow::ensure!(login.is_ok(), "login failed: {login:?}");
                 Conn::Switchyard(client, events)
             }
@@ -379,6 +471,15 @@ impl Conn {
     }
 }
 
+/// A login request both echo servers (ours and the Go baseline's) accept.
+pub(crate) fn login_payload(user: &str) -> Vec<u8> {
+    proto::matchmaking::v1::Login {
+        user_id: user.to_owned(),
+        token: String::new(),
+    }
+    .encode_to_vec()
+}
+
 /// `serve-gateway`: a gateway on loopback ports.
 #[allow(clippy::print_stdout)] // the READY line is the protocol with the parent
 pub(crate) async fn serve_gateway() -> anyhow::Result<()> {
@@ -431,8 +532,10 @@ pub(crate) async fn serve_echo_logic(args: EchoArgs) -> anyhow::Result<()> {
     let mut config = runtime::NodeConfig::new("echo");
     config.gossip.seeds = vec![args.seed];
     let running = LogicServer::new("echo")
-        .public_route(LOGIN, |_, name| async move {
-            Ok(Reply::default().login(String::from_utf8_lossy(&name)))
+        .public_route(LOGIN, |_, payload| async move {
+            let login = proto::matchmaking::v1::Login::decode(payload)
+                .map_err(|e| logic_sdk::LogicError::bad_request(e.to_string()))?;
+            Ok(Reply::default().login(login.user_id))
         })
         .route(ECHO, |_, payload| async move { Ok(Reply::new(payload)) })
         .start(config, runtime::Listeners::loopback().await?)

@@ -116,7 +116,12 @@ async fn gateway_round(sessions: usize, ws: bool) -> anyhow::Result<f64> {
             let (address, config) = (address.clone(), config.clone());
             async move {
                 let (client, events) = Client::connect_with(address, config).await?;
-                let login = client.request(LOGIN, format!("idle-{i}")).await?;
+                let login = client
+                    .request(
+                        LOGIN,
+                        crate::gateway_rr::login_payload(&format!("idle-{i}")),
+                    )
+                    .await?;
                 anyhow::ensure!(login.is_ok(), "login failed: {login:?}");
                 anyhow::Ok((client, events))
             }
