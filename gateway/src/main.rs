@@ -2,20 +2,12 @@
 
 use clap::Parser;
 use runtime::{signal, telemetry};
-use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = gateway::Config::parse();
     telemetry::init_logs(config.node.log_format);
     let listeners = gateway::Listeners::bind(&config).await?;
-    let shutdown = CancellationToken::new();
-    tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move {
-            signal::shutdown().await;
-            shutdown.cancel();
-        }
-    });
+    let shutdown = signal::shutdown_token();
     gateway::run(config, listeners, shutdown).await
 }

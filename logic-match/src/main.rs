@@ -2,20 +2,12 @@
 
 use clap::Parser;
 use runtime::{ListenDefaults, Listeners, signal, telemetry};
-use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = logic_match::Config::parse();
     telemetry::init_logs(config.node.log_format);
     let listeners = Listeners::bind(config.node.listen(ListenDefaults::LOOPBACK)).await?;
-    let shutdown = CancellationToken::new();
-    tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move {
-            signal::shutdown().await;
-            shutdown.cancel();
-        }
-    });
+    let shutdown = signal::shutdown_token();
     logic_match::run(config, listeners, shutdown).await
 }

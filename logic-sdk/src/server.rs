@@ -11,7 +11,6 @@ use proto::{
     logic::v1::{self as pb, logic_server},
 };
 use runtime::{Listeners, Node, NodeConfig, StartError};
-use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, debug, info_span};
 
@@ -189,14 +188,7 @@ impl LogicServer {
             config.gossip.seeds = vec!["127.0.0.1:7946".into()];
         }
         let running = self.start(config, listeners).await?;
-        let shutdown = CancellationToken::new();
-        tokio::spawn({
-            let shutdown = shutdown.clone();
-            async move {
-                runtime::signal::shutdown().await;
-                shutdown.cancel();
-            }
-        });
+        let shutdown = runtime::signal::shutdown_token();
         running.node.run(shutdown, || async {}).await;
         Ok(())
     }

@@ -25,3 +25,14 @@ pub async fn shutdown() {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
+
+/// A token cancelled on the first SIGTERM or SIGINT: the root shutdown token of a binary.
+pub fn shutdown_token() -> tokio_util::sync::CancellationToken {
+    let token = tokio_util::sync::CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        shutdown().await;
+        cancel.cancel();
+    });
+    token
+}

@@ -12,7 +12,6 @@ mod up;
 
 use clap::{Parser, Subcommand};
 use runtime::{ListenDefaults, Listeners, signal, telemetry};
-use tokio_util::sync::CancellationToken;
 
 /// Switchyard: a game and realtime server cluster.
 #[derive(Parser, Debug)]
@@ -37,18 +36,6 @@ enum Command {
     ClientSim(client_sim::Cli),
 }
 
-fn shutdown_on_signal() -> CancellationToken {
-    let shutdown = CancellationToken::new();
-    tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move {
-            signal::shutdown().await;
-            shutdown.cancel();
-        }
-    });
-    shutdown
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
@@ -56,17 +43,17 @@ async fn main() -> anyhow::Result<()> {
         Command::Gateway(config) => {
             telemetry::init_logs(config.node.log_format);
             let listeners = gateway::Listeners::bind(&config).await?;
-            gateway::run(config, listeners, shutdown_on_signal()).await
+            gateway::run(config, listeners, signal::shutdown_token()).await
         }
         Command::LogicRoom(config) => {
             telemetry::init_logs(config.node.log_format);
             let listeners = Listeners::bind(config.node.listen(ListenDefaults::LOOPBACK)).await?;
-            logic_room::run(config, listeners, shutdown_on_signal()).await
+            logic_room::run(config, listeners, signal::shutdown_token()).await
         }
         Command::LogicMatch(config) => {
             telemetry::init_logs(config.node.log_format);
             let listeners = Listeners::bind(config.node.listen(ListenDefaults::LOOPBACK)).await?;
-            logic_match::run(config, listeners, shutdown_on_signal()).await
+            logic_match::run(config, listeners, signal::shutdown_token()).await
         }
         Command::ClientSim(cli) => client_sim::run(cli).await,
     }

@@ -42,7 +42,7 @@ impl Service {
 
     /// The member list this service sees (its `/cluster/nodes`).
     fn nodes(&self) -> serde_json::Value {
-        serde_json::from_str(&http_get(self.admin, "/cluster/nodes")).unwrap_or_default()
+        serde_json::from_str(&testkit::http_get(self.admin, "/cluster/nodes").1).unwrap_or_default()
     }
 }
 
@@ -141,14 +141,7 @@ impl Sandbox {
     }
 }
 
-/// Waits (polling) until `check` holds.
-async fn eventually(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use testkit::eventually;
 
 /// Waits until `service` sees the given online members by id.
 async fn wait_for_members(service: &Service, ids: &[&str]) {
@@ -193,24 +186,6 @@ fn client_address(gateway: &Service, ws: bool) -> Address {
     } else {
         Address::Tcp(pick.trim_start_matches("tcp://").parse().expect("tcp"))
     }
-}
-
-fn http_get(addr: SocketAddr, path: &str) -> String {
-    use std::io::{Read, Write};
-    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
-        return String::new();
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let _ = write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-    );
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default()
 }
 
 struct Player {

@@ -26,17 +26,8 @@ pub const ATTR: u32 = proto::route(2, 5);
 
 static READY_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// Waits until `check` holds, for at most `limit`.
-pub async fn eventually(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !check() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+#[allow(unused_imports)] // each test file uses a different part of this module
+pub use testkit::eventually;
 
 /// A gateway running in this process.
 pub struct TestGateway {
@@ -104,7 +95,7 @@ impl TestGateway {
         let tcp = listeners.tcp.local_addr().expect("addr");
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(gateway::run(config, listeners, shutdown.clone()));
-        let ready = read_ready_file(&ready).await;
+        let ready = testkit::read_ready_file(&ready, Duration::from_secs(10)).await;
         let addr = |key: &str| -> SocketAddr { ready[key].parse().expect("address in ready file") };
         let (gossip, grpc, admin) = (addr("gossip"), addr("grpc"), addr("admin"));
         let id = NodeId::new(id);
@@ -187,40 +178,9 @@ impl TestGateway {
     }
 }
 
-/// `GET path` over a fresh connection; returns the body ("" on failure).
+/// `GET path` on an admin endpoint: the body ("" on failure).
 pub fn http_get(addr: SocketAddr, path: &str) -> String {
-    use std::io::{Read, Write};
-    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
-        return String::new();
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let _ = write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-    );
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default()
-}
-
-/// Reads `key=value` lines of a ready file once it exists.
-async fn read_ready_file(path: &std::path::Path) -> std::collections::HashMap<String, String> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(text) = std::fs::read_to_string(path) {
-            let _ = std::fs::remove_file(path);
-            return text
-                .lines()
-                .filter_map(|l| l.split_once('='))
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect();
-        }
-        assert!(Instant::now() < deadline, "the gateway never became ready");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    testkit::http_get(addr, path).1
 }
 
 /// A logic node config for tests.

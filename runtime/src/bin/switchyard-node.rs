@@ -3,7 +3,6 @@
 
 use clap::Parser;
 use runtime::{ListenDefaults, Listeners, Node, NodeArgs, signal, telemetry};
-use tokio_util::sync::CancellationToken;
 
 /// A Switchyard cluster node without application services.
 #[derive(Parser, Debug)]
@@ -29,14 +28,7 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     node.serve(|routes| routes).await?;
-    let shutdown = CancellationToken::new();
-    tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move {
-            signal::shutdown().await;
-            shutdown.cancel();
-        }
-    });
+    let shutdown = signal::shutdown_token();
     node.run(shutdown, || async {}).await;
     Ok(())
 }

@@ -4,8 +4,7 @@
 
 use std::{
     collections::HashMap,
-    io::{Read, Write},
-    net::{SocketAddr, TcpStream},
+    net::SocketAddr,
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -17,17 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 pub const SECRET: &str = "test-cluster-secret";
 
-/// Waits until `check` holds, polling, for at most `limit`; panics with `what` otherwise.
-pub async fn eventually(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !check() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+#[allow(unused_imports)] // each test file uses a different part of this module
+pub use testkit::{eventually, http_get};
 
 /// A configuration for fast tests: 50 ms gossip, 1 s failure detection, the test secret.
 pub fn fast_config(id: &str, kind: &str, seeds: &[SocketAddr]) -> NodeConfig {
@@ -119,19 +109,7 @@ impl NodeProcess {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn switchyard-node");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let text = loop {
-            if let Ok(text) = std::fs::read_to_string(&ready) {
-                break text;
-            }
-            assert!(Instant::now() < deadline, "node {id} never became ready");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        let addrs = text
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect();
+        let addrs = testkit::read_ready_file(&ready, Duration::from_secs(20)).await;
         NodeProcess {
             child,
             id: NodeId::new(id),
@@ -196,31 +174,6 @@ fn rand_suffix() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(Instant::now().elapsed().as_nanos() as u64);
     h.finish()
-}
-
-/// `GET path` over a fresh connection; returns (status, body).
-pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).expect("connect admin");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-    )
-    .expect("write");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read");
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
 }
 
 /// The value of a Prometheus sample line starting with `prefix`, if present.
