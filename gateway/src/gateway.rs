@@ -37,6 +37,24 @@ pub(crate) struct Limits {
     pub(crate) max_sessions: u64,
 }
 
+/// Metric handles of the per-request and per-push paths, resolved once (a labelled
+/// `counter!` looks its series up in the registry on every call).
+pub(crate) struct HotMetrics {
+    requests_ok: ::metrics::Counter,
+    request_duration: ::metrics::Histogram,
+    pub(crate) pushes: ::metrics::Counter,
+}
+
+impl HotMetrics {
+    fn new() -> Self {
+        Self {
+            requests_ok: ::metrics::counter!(crate::metrics::REQUESTS, "status" => "ok"),
+            request_duration: ::metrics::histogram!(crate::metrics::REQUEST_DURATION),
+            pushes: ::metrics::counter!(crate::metrics::PUSHES),
+        }
+    }
+}
+
 /// State shared by every connection of this gateway.
 pub(crate) struct Gateway {
     pub(crate) node_id: NodeId,
@@ -46,6 +64,7 @@ pub(crate) struct Gateway {
     pub(crate) limits: Limits,
     /// Connection tasks and session-closed notifications.
     pub(crate) tracker: TaskTracker,
+    pub(crate) metrics: HotMetrics,
 }
 
 impl Gateway {
@@ -57,6 +76,7 @@ impl Gateway {
             router: Router::default(),
             limits,
             tracker: TaskTracker::new(),
+            metrics: HotMetrics::new(),
         })
     }
 
@@ -84,9 +104,14 @@ impl Gateway {
             Ok(response) => response,
             Err((code, text)) => envelope::error(msg_id, route, code, text),
         };
-        let status = wire::envelope::code_name(response.status);
-        ::metrics::counter!(crate::metrics::REQUESTS, "status" => status).increment(1);
-        ::metrics::histogram!(crate::metrics::REQUEST_DURATION)
+        if response.status == 0 {
+            self.metrics.requests_ok.increment(1);
+        } else {
+            let status = wire::envelope::code_name(response.status);
+            ::metrics::counter!(crate::metrics::REQUESTS, "status" => status).increment(1);
+        }
+        self.metrics
+            .request_duration
             .record(started.elapsed().as_secs_f64());
         response
     }
@@ -445,7 +470,7 @@ impl Gateway {
             .by_user(user)
             .is_some_and(|s| s.push(route, payload.clone()));
         if delivered {
-            ::metrics::counter!(crate::metrics::PUSHES).increment(1);
+            self.metrics.pushes.increment(1);
         }
         delivered
     }

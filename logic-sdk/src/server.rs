@@ -12,7 +12,7 @@ use proto::{
 };
 use runtime::{Listeners, Node, NodeConfig, StartError};
 use tonic::{Request, Response, Status};
-use tracing::{Instrument, debug, info_span};
+use tracing::{Instrument, debug, debug_span};
 
 use crate::{
     reply::{LogicError, Reply},
@@ -169,6 +169,7 @@ impl LogicServer {
         .await?;
         let sdk = Sdk::new(node.mesh().clone());
         let service = LogicService {
+            node: sdk.node_id(),
             routes: Arc::new(self.routes),
             on_closed: self.on_closed,
             sdk: sdk.clone(),
@@ -203,6 +204,8 @@ pub struct RunningLogic {
 }
 
 struct LogicService {
+    /// This node's id (read once: it is in every request's span).
+    node: NodeId,
     routes: Arc<HashMap<u32, Route>>,
     on_closed: Option<ClosedHandler>,
     sdk: Sdk,
@@ -236,9 +239,9 @@ impl logic_server::Logic for LogicService {
                 "login required",
             )));
         }
-        let span = info_span!(
+        let span = debug_span!(
             "logic",
-            node = %self.sdk.node_id(),
+            node = %self.node,
             session = request.session_id,
             user = user_id.as_deref().unwrap_or(""),
             route = request.route,
