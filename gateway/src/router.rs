@@ -183,6 +183,17 @@ impl Router {
         }
         let table = Arc::new(RouteTable::new(members));
         *cached = Some(table.clone());
+        drop(cached);
+        // Forget nodes that left, so churn (restarts under new ids) does not grow the maps.
+        let members = &table.members;
+        self.in_flight
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|node, _| members.contains_key(node));
+        self.suspects
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|node, until| members.contains_key(node) && Instant::now() < *until);
         table
     }
 

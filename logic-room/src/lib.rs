@@ -57,8 +57,47 @@ impl Config {
     }
 }
 
+/// A started room server.
+pub struct RoomServer {
+    /// The node and its SDK.
+    pub running: RunningLogic,
+    rooms: Arc<Rooms>,
+}
+
+impl RoomServer {
+    /// Runs until `shutdown`, then drains: the server goes offline (no new rooms), every room
+    /// is closed with a reason its members receive, they are unbound from this server, and the
+    /// server leaves the cluster.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let RoomServer { running, rooms } = self;
+        let sdk = running.sdk.clone();
+        running
+            .node
+            .run(shutdown, || async move {
+                let users = rooms.close_all("the room server is shutting down").await;
+                let me = sdk.node_id();
+                if !users.is_empty() {
+                    match sdk
+                        .bind(BindMode::Remove, &users, std::slice::from_ref(&me))
+                        .await
+                    {
+                        Ok(report) => tracing::info!(
+                            users = users.len(),
+                            failed_gateways = report.failed_gateways.len(),
+                            "members unbound from this room server"
+                        ),
+                        Err(error) => {
+                            tracing::warn!(%error, "could not unbind the members of closed rooms")
+                        }
+                    }
+                }
+            })
+            .await;
+    }
+}
+
 /// Starts the room server; returns once it has joined the cluster and serves.
-pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<RunningLogic> {
+pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<RoomServer> {
     let mut node_config = config.node.node_config(NodeKind::ROOM);
     if node_config.gossip.seeds.is_empty() {
         node_config.gossip.seeds = vec!["127.0.0.1:7946".into()];
@@ -84,17 +123,16 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<Runni
             true,
         );
     }
-    Ok(running)
+    Ok(RoomServer { running, rooms })
 }
 
-/// Runs the room server until `shutdown`, then drains and leaves.
+/// Runs the room server until `shutdown`, then drains (see [`RoomServer::run`]) and leaves.
 pub async fn run(
     config: Config,
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let running = start(config, listeners).await?;
-    running.node.run(shutdown, || async {}).await;
+    start(config, listeners).await?.run(shutdown).await;
     Ok(())
 }
 

@@ -48,6 +48,10 @@ pub(crate) enum Command {
         properties: HashMap<String, String>,
     },
     Info,
+    /// Closes the room: every member is told why and removed.
+    Close {
+        reason: &'static str,
+    },
 }
 
 /// A push to some members.
@@ -64,6 +68,8 @@ pub(crate) struct Outcome {
     pub(crate) broadcasts: Vec<Broadcast>,
     pub(crate) joined: Option<String>,
     pub(crate) left: Option<String>,
+    /// Set when the room closed: the members it had.
+    pub(crate) closed: Option<Vec<String>>,
 }
 
 /// One room.
@@ -120,6 +126,18 @@ impl Room {
                 self.set_properties(member, properties, &mut outcome)
             }
             Command::Info => Ok(self.info()),
+            Command::Close { reason } => {
+                let event = pb::RoomClosed {
+                    room_id: self.id.clone(),
+                    reason: reason.to_owned(),
+                };
+                self.broadcast_to_all(&mut outcome, routes::PUSH_ROOM_CLOSED, &event);
+                // The reply is the room as it was when it closed.
+                let last = self.info();
+                outcome.closed = Some(self.members.drain(..).map(|m| m.user).collect());
+                self.owner = None;
+                Ok(last)
+            }
         };
         (reply, outcome)
     }
@@ -384,6 +402,20 @@ mod tests {
         }
         // "b" joined without a known gateway; its own request taught the room where it is.
         assert_eq!(r.members[1].gateway, Some(NodeId::new("gw")));
+    }
+
+    #[test]
+    fn closing_tells_every_member_why() {
+        let mut r = room(3);
+        let _ = r.apply(Command::Join(member("a")));
+        let _ = r.apply(Command::Join(member("b")));
+        let (_, outcome) = r.apply(Command::Close {
+            reason: "shutting down",
+        });
+        assert_eq!(routes_of(&outcome), vec![routes::PUSH_ROOM_CLOSED]);
+        assert_eq!(outcome.broadcasts[0].to.len(), 2);
+        assert_eq!(outcome.closed, Some(vec!["a".to_owned(), "b".to_owned()]));
+        assert!(r.is_empty());
     }
 
     #[test]

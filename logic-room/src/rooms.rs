@@ -12,6 +12,7 @@ use std::{
 use bytes::Bytes;
 use logic_sdk::{LogicError, Sdk};
 use mesh::NodeId;
+use prost::Message;
 use proto::room::v1::{self as pb, errors};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info};
@@ -132,6 +133,26 @@ impl Rooms {
             .unwrap_or_default()
     }
 
+    /// Closes every room (members are told why); returns the users that were members.
+    pub(crate) async fn close_all(&self, reason: &'static str) -> Vec<String> {
+        let ids: Vec<String> = self.lock().rooms.keys().cloned().collect();
+        let mut users = Vec::new();
+        for id in ids {
+            if let Ok(last) = self.send(&id, Command::Close { reason }).await {
+                let members = pb::RoomInfo::decode(last)
+                    .map(|info| info.members)
+                    .unwrap_or_default();
+                info!(room = %id, members = members.len(), reason, "room closed");
+                metrics::counter!("switchyard_room_rooms_closed_total", "reason" => reason)
+                    .increment(1);
+                users.extend(members);
+            }
+        }
+        users.sort();
+        users.dedup();
+        users
+    }
+
     /// A load report for match servers.
     pub(crate) fn load_report(&self, capacity: u64) -> pb::LoadReport {
         let counts = self.counts();
@@ -217,6 +238,7 @@ async fn run_room(
         };
         let Some((command, reply)) = next else { return };
         let (result, outcome) = room.apply(command);
+        let closed = outcome.closed.clone();
         if let Some(user) = &outcome.joined {
             rooms.joined(&room.id, user);
         }
@@ -231,6 +253,13 @@ async fn run_room(
             debug!(room = %room.id, "no SDK yet; broadcasts dropped");
         }
         let _ = reply.send(result);
+        if let Some(members) = closed {
+            for user in &members {
+                rooms.left(&room.id, user);
+            }
+            rooms.remove(&room.id);
+            return;
+        }
     }
 }
 

@@ -72,6 +72,8 @@ pub mod room {
             pub const PUSH_OP: u32 = crate::route(11, 4);
             /// Push: properties changed.
             pub const PUSH_PROPERTIES: u32 = crate::route(11, 5);
+            /// Push: the room was closed.
+            pub const PUSH_ROOM_CLOSED: u32 = crate::route(11, 6);
             /// Mesh command: load report.
             pub const MESH_LOAD: u32 = 0x1101;
             /// Mesh command: create a room for a member list.

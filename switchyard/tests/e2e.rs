@@ -565,3 +565,48 @@ async fn without_a_room_server_players_are_told_and_stay_queued_until_one_comes(
     assert_eq!(found.room_node, "late-room");
     assert_eq!(b.matched().await.room_id, found.room_id);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_server_that_shuts_down_closes_its_rooms_with_a_reason_and_unbinds_the_members() {
+    let mut sandbox = Sandbox::new();
+    let gateway = sandbox.gateway("gw");
+    let room_server = sandbox.start("logic-room", "room", &[]);
+    let _matcher = sandbox.start("logic-match", "match", &["--modes", "duel=2"]);
+    wait_for_members(&gateway, &["gw", "room", "match"]).await;
+    let mut a = Player::login(client_address(&gateway, true), "drain-a").await;
+    let mut b = Player::login(client_address(&gateway, false), "drain-b").await;
+    a.enqueue("duel").await;
+    b.enqueue("duel").await;
+    let room_id = a.matched().await.room_id;
+    b.matched().await;
+
+    room_server.signal("TERM");
+    for player in [&mut a, &mut b] {
+        let closed = room::RoomClosed::decode(player.push(room_routes::PUSH_ROOM_CLOSED).await)
+            .expect("decodes");
+        assert_eq!(closed.room_id, room_id);
+        assert_eq!(closed.reason, "the room server is shutting down");
+    }
+    // Unbound: a room request no longer goes to the leaving server (none is left, so the
+    // gateway answers that no server handles the route) instead of failing as a lost binding.
+    eventually("the room server left", Duration::from_secs(10), || {
+        !gateway.nodes()["nodes"]
+            .as_array()
+            .is_some_and(|n| n.iter().any(|n| n["id"] == "room"))
+    })
+    .await;
+    let op = room::RoomOp {
+        room_id,
+        payload: Bytes::from_static(b"late"),
+    };
+    let response = a
+        .client
+        .request(room_routes::OP, op.encode_to_vec())
+        .await
+        .expect("answered");
+    assert_eq!(
+        response.code(),
+        Some(client::ErrorCode::RouteNotFound),
+        "{response:?}"
+    );
+}
