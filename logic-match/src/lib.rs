@@ -95,8 +95,53 @@ impl Matchmaker {
     }
 }
 
+/// A started match server.
+pub struct MatchServer {
+    /// The node and its SDK.
+    pub running: RunningLogic,
+    matchmaker: Arc<Matchmaker>,
+}
+
+impl MatchServer {
+    /// Runs until `shutdown`, then drains: the server goes offline, every queue is emptied and
+    /// each waiting player is told (`QueueCancelled`, with the reason); matches already being
+    /// placed finish within the drain grace period.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let MatchServer {
+            running,
+            matchmaker,
+        } = self;
+        let sdk = running.sdk.clone();
+        running
+            .node
+            .run(shutdown, || async move {
+                let drained = matchmaker.lock().drain_all();
+                let reason = "the match server is shutting down; queue again";
+                info!(players = drained.len(), "drain: queues emptied");
+                for (mode, ticket) in &drained {
+                    let cancelled = mm::QueueCancelled {
+                        mode: mode.clone(),
+                        reason: reason.to_owned(),
+                    };
+                    let recipient = logic_sdk::Recipient {
+                        user_id: ticket.user.clone(),
+                        gateway: ticket.gateway.clone(),
+                    };
+                    sdk.push_ordered(
+                        [recipient],
+                        routes::PUSH_QUEUE_CANCELLED,
+                        cancelled.encode_to_vec(),
+                    );
+                }
+                // Let the pushes leave before the node does.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            })
+            .await;
+    }
+}
+
 /// Starts the match server; returns once it has joined the cluster and serves.
-pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<RunningLogic> {
+pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<MatchServer> {
     let modes = queue::parse_modes(&config.modes).map_err(anyhow::Error::msg)?;
     let mut node_config = config.node.node_config(NodeKind::MATCH);
     if node_config.gossip.seeds.is_empty() {
@@ -117,10 +162,13 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<Runni
             info!(%mode, size, "mode configured");
         }
     }
-    let running = server(matchmaker, checker)
+    let running = server(matchmaker.clone(), checker)
         .start(node_config, listeners)
         .await?;
-    Ok(running)
+    Ok(MatchServer {
+        running,
+        matchmaker,
+    })
 }
 
 /// Runs the match server until `shutdown`, then drains and leaves.
@@ -129,8 +177,7 @@ pub async fn run(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let running = start(config, listeners).await?;
-    running.node.run(shutdown, || async {}).await;
+    start(config, listeners).await?.run(shutdown).await;
     Ok(())
 }
 

@@ -117,6 +117,16 @@ impl Queues {
         self.take_match(mode, size)
     }
 
+    /// Empties every queue: the tickets that were waiting, with their modes.
+    pub(crate) fn drain_all(&mut self) -> Vec<(String, Ticket)> {
+        self.queued.clear();
+        let mut drained = Vec::new();
+        for (mode, queue) in &mut self.queues {
+            drained.extend(queue.drain(..).map(|t| (mode.clone(), t)));
+        }
+        drained
+    }
+
     /// Users waiting, by mode.
     pub(crate) fn waiting(&self) -> usize {
         self.queued.len()
@@ -242,6 +252,24 @@ mod tests {
             Ok((1, None)),
             "placed users may queue again"
         );
+    }
+
+    #[test]
+    fn draining_empties_every_queue() {
+        let mut q = queues();
+        q.enqueue("duel", ticket("a")).expect("queued");
+        q.enqueue("trio", ticket("b")).expect("queued");
+        let mut drained: Vec<(String, String)> = q
+            .drain_all()
+            .into_iter()
+            .map(|(m, t)| (m, t.user))
+            .collect();
+        drained.sort();
+        assert_eq!(
+            drained,
+            vec![("duel".into(), "a".into()), ("trio".into(), "b".into())]
+        );
+        assert_eq!(q.waiting(), 0);
     }
 
     #[test]

@@ -117,6 +117,8 @@ pub mod matchmaking {
             pub const PUSH_MATCH_FOUND: u32 = crate::route(21, 1);
             /// Push: no room server could take the match yet.
             pub const PUSH_MATCH_DELAYED: u32 = crate::route(21, 2);
+            /// Push: the player is no longer queued.
+            pub const PUSH_QUEUE_CANCELLED: u32 = crate::route(21, 3);
         }
 
         /// Application status codes of match servers.

@@ -610,3 +610,23 @@ async fn a_room_server_that_shuts_down_closes_its_rooms_with_a_reason_and_unbind
         "{response:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_match_server_that_shuts_down_tells_every_queued_player() {
+    let mut sandbox = Sandbox::new();
+    let gateway = sandbox.gateway("gw");
+    let _room = sandbox.start("logic-room", "room", &[]);
+    let matcher = sandbox.start("logic-match", "match", &["--modes", "trio=3"]);
+    wait_for_members(&gateway, &["gw", "room", "match"]).await;
+    let mut waiting = Player::login(client_address(&gateway, true), "waiting").await;
+    waiting.enqueue("trio").await;
+    matcher.signal("TERM");
+    let cancelled =
+        mm::QueueCancelled::decode(waiting.push(match_routes::PUSH_QUEUE_CANCELLED).await)
+            .expect("decodes");
+    assert_eq!(cancelled.mode, "trio");
+    assert_eq!(
+        cancelled.reason,
+        "the match server is shutting down; queue again"
+    );
+}
