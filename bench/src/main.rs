@@ -8,11 +8,14 @@
 //!   echo and bare tonic unary).
 //! - `idle_memory`: scenario `idle-memory` (gateway RSS per idle session vs a bare WebSocket
 //!   echo server).
+//! - `fanout`: scenario `fanout` (room broadcast: deliveries/s, delivery latency, deliveries
+//!   per server core-second; Switchyard vs Go).
 //! - `procfs`: CPU time and RSS of server processes from `/proc`.
 //! - `child`: server processes the harness starts (this binary, hidden subcommands).
 //! - `stats`: histograms and spreads.
 
 mod child;
+mod fanout;
 mod gateway_rr;
 mod idle_memory;
 mod mesh_rr;
@@ -39,6 +42,11 @@ enum Scenario {
     Mesh(mesh_rr::MeshArgs),
     /// Client → gateway → echo logic server vs a bare WebSocket echo and a bare tonic call.
     Gateway(gateway_rr::GatewayArgs),
+    /// Room broadcast: rooms of 10, 50, 200 members at 10 and 30 Hz, Switchyard vs Go.
+    Fanout(fanout::FanoutArgs),
+    /// (internal) a room server.
+    #[command(hide = true)]
+    ServeRoom(fanout::RoomArgs),
     /// Gateway memory per idle, logged-in session (WebSocket and TCP) vs a bare WebSocket echo.
     IdleMemory(idle_memory::IdleArgs),
     /// (internal) a gateway.
@@ -138,6 +146,8 @@ fn main() -> anyhow::Result<()> {
             Scenario::ServeMeshNode => mesh_rr::serve_node().await,
             Scenario::Gateway(args) => gateway_rr::run(args).await,
             Scenario::IdleMemory(args) => idle_memory::run(args).await,
+            Scenario::Fanout(args) => fanout::run(args).await,
+            Scenario::ServeRoom(args) => fanout::serve_room(args).await,
             Scenario::ServeGateway => gateway_rr::serve_gateway().await,
             Scenario::ServeEchoLogic(args) => gateway_rr::serve_echo_logic(args).await,
             Scenario::ServeBareWs => gateway_rr::serve_bare_ws().await,
