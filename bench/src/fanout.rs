@@ -23,7 +23,7 @@ use serde::Serialize;
 
 use crate::{
     child::ChildProcess,
-    gateway_rr::{login_payload, wait_for_login},
+    gateway_rr::{GoBaseline, login_payload, wait_for_login},
     procfs::CpuMeter,
     stats::{Spread, histogram},
 };
@@ -94,36 +94,11 @@ impl Stack {
     }
 
     fn go(dir: &std::path::Path) -> anyhow::Result<Option<Self>> {
-        let (room_bin, gateway_bin) = (dir.join("go-room"), dir.join("go-gateway"));
-        if !room_bin.exists() || !gateway_bin.exists() {
-            eprintln!(
-                "no Go baseline in {} (bench/go-baseline/build.sh builds it): Go skipped",
-                dir.display()
-            );
-            return Ok(None);
-        }
-        let go_room = ChildProcess::spawn_program(&room_bin, &["-grpc", "127.0.0.1:0"])?;
-        let room_addr = go_room.get("grpc")?.to_owned();
-        let go_gateway = ChildProcess::spawn_program(
-            &gateway_bin,
-            &[
-                "-ws",
-                "127.0.0.1:0",
-                "-tcp",
-                "127.0.0.1:0",
-                "-grpc",
-                "127.0.0.1:0",
-                "-room",
-                &room_addr,
-            ],
-        )?;
-        let tcp = go_gateway.get("tcp")?.parse()?;
-        let pids = vec![go_gateway.pid(), go_room.pid()];
-        Ok(Some(Stack {
+        Ok(GoBaseline::start(dir)?.map(|go| Stack {
             system: System::Go,
-            tcp,
-            pids,
-            _processes: vec![go_gateway, go_room],
+            tcp: go.tcp,
+            pids: vec![go.gateway.pid(), go.room.pid()],
+            _processes: vec![go.gateway, go.room],
         }))
     }
 }
@@ -217,9 +192,7 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         rows,
     };
     print(&report, &args);
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
-    }
+    crate::stats::write_json(args.json.as_deref(), &report)?;
     Ok(())
 }
 

@@ -86,15 +86,15 @@ const WITH_GO: [Target; 6] = [
 ];
 
 /// The Go baseline's two processes.
-struct GoBaseline {
-    room: ChildProcess,
-    gateway: ChildProcess,
+pub(crate) struct GoBaseline {
+    pub(crate) room: ChildProcess,
+    pub(crate) gateway: ChildProcess,
     ws: String,
-    tcp: std::net::SocketAddr,
+    pub(crate) tcp: std::net::SocketAddr,
 }
 
 impl GoBaseline {
-    fn start(dir: &std::path::Path) -> anyhow::Result<Option<Self>> {
+    pub(crate) fn start(dir: &std::path::Path) -> anyhow::Result<Option<Self>> {
         let (room_bin, gateway_bin) = (dir.join("go-room"), dir.join("go-gateway"));
         if !room_bin.exists() || !gateway_bin.exists() {
             eprintln!(
@@ -256,9 +256,7 @@ pub(crate) async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         rows,
     };
     print_report(&report, &args);
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
-    }
+    crate::stats::write_json(args.json.as_deref(), &report)?;
     Ok(())
 }
 

@@ -53,9 +53,7 @@ pub(crate) async fn run(args: IdleArgs) -> anyhow::Result<()> {
         bare_ws_kib_per_connection: Spread::of(bare),
     };
     print(&report);
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
-    }
+    crate::stats::write_json(args.json.as_deref(), &report)?;
     Ok(())
 }
 

@@ -169,9 +169,7 @@ pub(crate) async fn run(args: MeshArgs) -> anyhow::Result<()> {
         bare_tonic: b,
     };
     print_report(&report, &args);
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
-    }
+    crate::stats::write_json(args.json.as_deref(), &report)?;
     client_node.shutdown(|| async {}).await;
     Ok(())
 }

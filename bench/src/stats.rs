@@ -70,3 +70,14 @@ impl std::fmt::Display for Spread {
         write!(f, "{:.1} ({:.1}–{:.1})", self.median, self.min, self.max)
     }
 }
+
+/// Writes a report as JSON when the scenario was given a path for it.
+pub(crate) fn write_json(
+    path: Option<&std::path::Path>,
+    report: &impl Serialize,
+) -> anyhow::Result<()> {
+    if let Some(path) = path {
+        std::fs::write(path, serde_json::to_string_pretty(report)?)?;
+    }
+    Ok(())
+}

@@ -125,6 +125,7 @@ impl Gateway {
         let Target {
             node,
             bound,
+            public,
             user,
             attributes,
         } = self.decide(session, request.route, fallback)?;
@@ -136,8 +137,10 @@ impl Gateway {
             gateway_node: self.node_id.to_string(),
             attributes,
         };
-        let (node, reply) = match self.call_logic(&node, call.clone()).await {
-            Ok(reply) => (node, reply),
+        // Only a bound request on a fallback route may need the request a second time.
+        let retry = (bound && fallback).then(|| call.clone());
+        let (node, public, reply) = match self.call_logic(&node, call).await {
+            Ok(reply) => (node, public, reply),
             Err(UpstreamError::Timeout) => {
                 return Err((
                     ErrorCode::UpstreamTimeout,
@@ -147,16 +150,16 @@ impl Gateway {
             Err(UpstreamError::Failed(reason)) if bound => {
                 warn!(session = session.id, %node, %reason, "bound node unreachable; dropping the binding");
                 session.drop_bindings(std::slice::from_ref(&node));
-                if !fallback {
+                let Some(call) = retry else {
                     return Err((
                         ErrorCode::BoundNodeUnavailable,
                         "the node this user is bound to is unreachable",
                     ));
-                }
+                };
                 // The route falls back to normal selection: try once more, unbound.
-                let node = self.decide(session, request.route, fallback)?.node;
-                match self.call_logic(&node, call).await {
-                    Ok(reply) => (node, reply),
+                let target = self.decide(session, request.route, fallback)?;
+                match self.call_logic(&target.node, call).await {
+                    Ok(reply) => (target.node, target.public, reply),
                     Err(UpstreamError::Timeout) => {
                         return Err((
                             ErrorCode::UpstreamTimeout,
@@ -179,11 +182,6 @@ impl Gateway {
                 ));
             }
         };
-        let public = self
-            .mesh
-            .cluster()
-            .node(&node)
-            .is_some_and(|n| n.serves_publicly(request.route));
         self.apply_effects(session, &node, public, &reply).await;
         Ok(envelope::response(
             request.msg_id,
@@ -216,12 +214,19 @@ impl Gateway {
             session.drop_bindings(&gone);
         }
         match decision {
-            Decision::Send { node, bound } => Ok(Target {
-                node,
-                bound,
-                user,
-                attributes,
-            }),
+            Decision::Send { node, bound } => {
+                let public = table
+                    .members
+                    .get(&node)
+                    .is_some_and(|n| n.serves_publicly(route));
+                Ok(Target {
+                    node,
+                    bound,
+                    public,
+                    user,
+                    attributes,
+                })
+            }
             Decision::Refuse(code, text) => Err((code, text)),
         }
     }
@@ -484,6 +489,8 @@ struct Target {
     node: NodeId,
     /// Chosen by a binding (not by load).
     bound: bool,
+    /// The node serves the route as public (so a login in its reply counts).
+    public: bool,
     user: Option<Arc<str>>,
     attributes: HashMap<String, String>,
 }

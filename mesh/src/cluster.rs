@@ -95,6 +95,11 @@ impl Cluster {
         self.inner.members.borrow().get(id).cloned()
     }
 
+    /// A member's gRPC address, without copying its record (the per-call lookup).
+    pub fn grpc_addr(&self, id: &NodeId) -> Option<std::net::SocketAddr> {
+        self.inner.members.borrow().get(id).map(|n| n.grpc_addr)
+    }
+
     /// The members of one kind, online or draining, in node id order.
     pub fn nodes_by_kind(&self, kind: &str) -> Vec<NodeInfo> {
         self.inner

@@ -173,12 +173,12 @@ impl Mesh {
     /// The pooled, credentialed channel to a member node, for the node's other gRPC services
     /// (one connection per peer, shared with the mesh).
     pub fn peer_channel(&self, node: &NodeId) -> Result<PeerChannel, MeshError> {
-        let info = self
+        let addr = self
             .inner
             .cluster
-            .node(node)
+            .grpc_addr(node)
             .ok_or_else(|| MeshError::NodeUnknown(node.clone()))?;
-        Ok(self.inner.pool.channel(node, info.grpc_addr))
+        Ok(self.inner.pool.channel(node, addr))
     }
 
     /// True when a handler is registered here for `command`.
@@ -350,10 +350,10 @@ impl Mesh {
                 Ok(result) => result.map_err(|e| dispatch_error(node, command, e)),
             };
         }
-        let Some(info) = inner.cluster.node(node) else {
+        let Some(addr) = inner.cluster.grpc_addr(node) else {
             return Err(MeshError::NodeUnknown(node.clone()));
         };
-        let mut client = inner.pool.client(node, info.grpc_addr);
+        let mut client = inner.pool.client(node, addr);
         let mut request = tonic::Request::new(MeshRequest {
             command,
             from_node: inner.me.to_string(),
