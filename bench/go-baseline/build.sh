@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the Go baseline (go-gateway, go-room) offline, in GOPATH mode, from Debian packages:
+# Builds the Go baseline (go-gateway, go-room, go-match) offline, in GOPATH mode, from Debian packages:
 #   apt-get install -y golang-go golang-google-grpc-dev golang-github-gorilla-websocket-dev \
 #     golang-google-protobuf-dev protoc-gen-go-grpc protobuf-compiler golang-goprotobuf-dev
 # Generated code and binaries go under target/go-baseline/ (gitignored); nothing is committed.
@@ -61,7 +61,7 @@ for p in "${pkgs[@]}"; do
 done
 
 # The committed sources.
-for cmd in gateway room; do
+for cmd in gateway room match; do
   mkdir -p "$out/src/gobaseline/$cmd"
   cp "$here/$cmd"/*.go "$out/src/gobaseline/$cmd/"
 done
@@ -69,4 +69,5 @@ done
 export GO111MODULE=off GOPATH="$gopath:$debian_gocode" GOFLAGS=
 go build -o "$out/bin/go-gateway" gobaseline/gateway
 go build -o "$out/bin/go-room" gobaseline/room
-echo "go-baseline: built $out/bin/go-gateway and $out/bin/go-room"
+go build -o "$out/bin/go-match" gobaseline/match
+echo "go-baseline: built $out/bin/go-gateway, $out/bin/go-room and $out/bin/go-match"

@@ -1,164 +1,174 @@
-//! Scenario `idle-memory`: the gateway's resident memory per idle, logged-in session, over
-//! WebSocket and over TCP, next to a bare WebSocket echo server holding the same number of
-//! idle connections (the floor). RSS is read from `/proc` for the server processes only.
+//! Scenario `s2-idle-memory`: gateway resident memory per idle, logged-in session at 10,000
+//! sessions, over WebSocket and TCP, for Switchyard and the Go baseline, next to a bare echo
+//! server of the same transport holding as many idle connections (the floor). RSS is read from
+//! `/proc` for the gateway process only; the clients live in generator processes.
 
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::Args;
-use client::{Address, Client, ClientConfig};
-use serde::Serialize;
+use runtime::RuntimeFlavor;
 
-use crate::{child::ChildProcess, procfs::rss_kib, stats::Spread};
+use crate::{
+    Common,
+    procfs::rss_kib,
+    report::{COMPARED, Compared, Report, text},
+    stack::{Floor, Services, Stack, Transport},
+    stats::Spread,
+    swarm::Swarm,
+};
 
-const LOGIN: u32 = proto::route(1, 1);
-
-/// Options of the `idle-memory` scenario.
+/// Options of `s2-idle-memory`.
 #[derive(Args, Debug, Clone)]
 pub(crate) struct IdleArgs {
-    /// Idle sessions to hold (this process holds the client side: keep it under the fd limit).
+    #[command(flatten)]
+    common: Common,
+    /// Idle sessions to hold.
     #[arg(long, default_value_t = 10_000)]
     sessions: usize,
-    /// Rounds (fresh servers each round).
-    #[arg(long, default_value_t = 5)]
-    rounds: usize,
-    /// Also write the report as JSON here.
-    #[arg(long)]
-    json: Option<std::path::PathBuf>,
+    /// Most connections per generator process.
+    #[arg(long, default_value_t = 5_000)]
+    per_process: usize,
 }
 
-#[derive(Serialize)]
-struct Report {
-    scenario: &'static str,
-    machine: crate::Machine,
-    sessions: usize,
-    gateway_ws_kib_per_session: Spread,
-    gateway_tcp_kib_per_session: Spread,
-    bare_ws_kib_per_connection: Spread,
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Who {
+    Switchyard,
+    Go,
+    Floor,
 }
+
+/// KiB per session target of the issue.
+const TARGET_KIB: f64 = 8.0;
 
 pub(crate) async fn run(args: IdleArgs) -> anyhow::Result<()> {
-    let (mut ws, mut tcp, mut bare) = (Vec::new(), Vec::new(), Vec::new());
-    for round in 0..args.rounds {
-        ws.push(gateway_round(args.sessions, true).await?);
-        tcp.push(gateway_round(args.sessions, false).await?);
-        bare.push(bare_round(args.sessions).await?);
-        eprintln!("round {}/{} done", round + 1, args.rounds);
-    }
-    let report = Report {
-        scenario: "idle memory per session",
-        machine: crate::Machine::read(),
-        sessions: args.sessions,
-        gateway_ws_kib_per_session: Spread::of(ws),
-        gateway_tcp_kib_per_session: Spread::of(tcp),
-        bare_ws_kib_per_connection: Spread::of(bare),
-    };
-    print(&report);
-    crate::stats::write_json(args.json.as_deref(), &report)?;
-    Ok(())
-}
-
-#[allow(clippy::print_stdout)] // the report is this command's output
-fn print(r: &Report) {
-    println!(
-        "# idle memory per session ({} sessions; median (min–max) KiB)",
-        r.sessions
+    let mut report = Report::new(
+        "s2-idle-memory",
+        format!(
+            "gateway memory per idle, logged-in session ({} sessions)",
+            args.sessions
+        ),
+        args.common.rounds,
     );
-    println!("machine: {}", r.machine);
-    println!();
-    println!("| server | KiB per idle session | / bare WS |");
-    println!("|---|---|---|");
-    let floor = r.bare_ws_kib_per_connection.median;
-    println!(
-        "| gateway, WebSocket, logged in | {} | {:.2} |",
-        r.gateway_ws_kib_per_session,
-        r.gateway_ws_kib_per_session.median / floor
-    );
-    println!(
-        "| gateway, TCP, logged in | {} | {:.2} |",
-        r.gateway_tcp_kib_per_session,
-        r.gateway_tcp_kib_per_session.median / floor
-    );
-    println!(
-        "| bare WebSocket echo (floor) | {} | 1.00 |",
-        r.bare_ws_kib_per_connection
-    );
-}
-
-/// Holds `sessions` idle, logged-in sessions on a fresh gateway; KiB of gateway RSS each.
-async fn gateway_round(sessions: usize, ws: bool) -> anyhow::Result<f64> {
-    let gateway = ChildProcess::spawn(&["serve-gateway", "--flavor", "multi-thread"])?;
-    let gossip = gateway.get("gossip")?.to_owned();
-    let _logic = ChildProcess::spawn(&[
-        "serve-echo-logic",
-        "--flavor",
-        "current-thread",
-        "--seed",
-        &gossip,
-    ])?;
-    let address = if ws {
-        Address::WebSocket(gateway.get("ws")?.to_owned())
-    } else {
-        Address::Tcp(gateway.get("tcp")?.parse()?)
-    };
-    crate::gateway_rr::wait_for_login(&address).await?;
-    settle().await;
-    let before = rss_kib(gateway.pid()).unwrap_or(0);
-    let mut clients = Vec::with_capacity(sessions);
-    let config = ClientConfig {
-        heartbeat: None,
-        event_buffer: 8,
-        ..ClientConfig::default()
-    };
-    for chunk in (0..sessions).collect::<Vec<_>>().chunks(500) {
-        let logins = chunk.iter().map(|i| {
-            let (address, config) = (address.clone(), config.clone());
-            async move {
-                let (client, events) = Client::connect_with(address, config).await?;
-                let login = client
-                    .request(
-                        LOGIN,
-                        crate::gateway_rr::login_payload(&format!("idle-{i}")),
-                    )
-                    .await?;
-                anyhow::ensure!(login.is_ok(), "login failed: {login:?}");
-                anyhow::Ok((client, events))
+    let go_present = args.common.go_baseline.join("go-gateway").exists();
+    let mut results: Vec<(RuntimeFlavor, Transport, Who, f64)> = Vec::new();
+    for round in 0..args.common.rounds {
+        for &flavor in &args.common.server_flavor {
+            for transport in [Transport::Ws, Transport::Tcp] {
+                let mut order = vec![Who::Switchyard, Who::Floor];
+                if go_present {
+                    order.insert(1, Who::Go);
+                }
+                let n = order.len();
+                order.rotate_left(round % n);
+                for who in order {
+                    let kib = measure(&args, flavor, transport, who, round).await?;
+                    results.push((flavor, transport, who, kib));
+                }
             }
-        });
-        for result in futures::future::join_all(logins).await {
-            clients.push(result?);
+        }
+        eprintln!("round {}/{} done", round + 1, args.common.rounds);
+    }
+    let mut columns = vec!["server runtime", "transport", "figure"];
+    columns.extend(COMPARED);
+    let table = report.table("Resident memory per idle session, KiB", &columns);
+    for &flavor in &args.common.server_flavor {
+        for transport in [Transport::Ws, Transport::Tcp] {
+            let spread = |who: Who| {
+                let v: Vec<f64> = results
+                    .iter()
+                    .filter(|(f, t, w, _)| *f == flavor && *t == transport && *w == who)
+                    .map(|r| r.3)
+                    .collect();
+                (!v.is_empty()).then(|| Spread::of(v))
+            };
+            let compared = Compared {
+                switchyard: spread(Who::Switchyard),
+                go: spread(Who::Go),
+                floor: spread(Who::Floor),
+            };
+            let mut row = vec![text(flavor), text(transport), text("KiB per session")];
+            row.extend(compared.cells());
+            table.row(row);
         }
     }
-    settle().await;
-    let after = rss_kib(gateway.pid()).unwrap_or(0);
-    drop(clients);
-    Ok(after.saturating_sub(before) as f64 / sessions as f64)
+    for &flavor in &args.common.server_flavor {
+        for transport in [Transport::Ws, Transport::Tcp] {
+            let v: Vec<f64> = results
+                .iter()
+                .filter(|(f, t, w, _)| *f == flavor && *t == transport && *w == Who::Switchyard)
+                .map(|r| r.3)
+                .collect();
+            if v.is_empty() {
+                continue;
+            }
+            let sw = Spread::of(v);
+            report.target(
+                format!("S2 ≤ 8 KiB per idle session ({flavor}, {transport})"),
+                format!("{:.1} KiB", sw.median),
+                sw.median <= TARGET_KIB,
+            );
+        }
+    }
+    report.note("Each round starts fresh servers; the figure is (gateway RSS with the sessions held − RSS before) / sessions, read after the connections settle. floor: a bare echo server of the same transport (tokio-tungstenite with the gateway's WebSocket settings, or length-prefixed TCP) holding the same number of idle connections.");
+    report.finish(&args.common.out)
 }
 
-/// The same number of idle connections on a bare WebSocket echo server.
-async fn bare_round(sessions: usize) -> anyhow::Result<f64> {
-    let server = ChildProcess::spawn(&["serve-bare-ws", "--flavor", "multi-thread"])?;
-    let url = server.get("ws")?.to_owned();
-    settle().await;
-    let before = rss_kib(server.pid()).unwrap_or(0);
-    let mut sockets = Vec::with_capacity(sessions);
-    for chunk in (0..sessions).collect::<Vec<_>>().chunks(500) {
-        let connects = chunk.iter().map(|_| {
-            tokio_tungstenite::connect_async_with_config(
-                url.as_str(),
-                Some(wire::ws::config(1 << 20)),
-                true,
+/// Holds `sessions` idle sessions on fresh servers; KiB of gateway RSS each.
+async fn measure(
+    args: &IdleArgs,
+    flavor: RuntimeFlavor,
+    transport: Transport,
+    who: Who,
+    round: usize,
+) -> anyhow::Result<f64> {
+    let (address, pid, _stack, _floor) = match who {
+        Who::Switchyard => {
+            let stack = Stack::switchyard(flavor, Services::Rooms).await?;
+            (
+                stack.address(transport),
+                stack.gateway_pid,
+                Some(stack),
+                None,
             )
-        });
-        for result in futures::future::join_all(connects).await {
-            sockets.push(result?.0);
         }
-    }
+        Who::Go => {
+            let stack = Stack::go(&args.common.go_baseline, Services::Rooms)
+                .await?
+                .context("no Go baseline")?;
+            (
+                stack.address(transport),
+                stack.gateway_pid,
+                Some(stack),
+                None,
+            )
+        }
+        Who::Floor => {
+            let floor = Floor::for_transport(transport, flavor)?;
+            (floor.address()?, floor.pid(), None, Some(floor))
+        }
+    };
+    let mut swarm = Swarm::start(
+        &address,
+        args.sessions,
+        args.per_process,
+        &format!("idle{round}"),
+    )?;
     settle().await;
-    let after = rss_kib(server.pid()).unwrap_or(0);
-    drop(sockets);
-    Ok(after.saturating_sub(before) as f64 / sessions as f64)
+    let before = rss_kib(pid).unwrap_or(0);
+    let connected = swarm.connect().await?;
+    anyhow::ensure!(
+        connected.errors == 0,
+        "{who:?}: {} sessions failed: {:?}",
+        connected.errors,
+        connected.first_error
+    );
+    settle().await;
+    let after = rss_kib(pid).unwrap_or(0);
+    swarm.close()?;
+    Ok(after.saturating_sub(before) as f64 / args.sessions as f64)
 }
 
 async fn settle() {
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
 }

@@ -15,46 +15,95 @@
 //! - `stats`: histograms and spreads.
 
 mod child;
+mod churn;
 mod fanout;
-mod gateway_rr;
 mod idle_memory;
+mod matchmaking;
 mod mesh_rr;
 mod procfs;
+mod report;
+mod round_trip;
+mod stack;
 mod stats;
+mod swarm;
 
-use clap::{Parser, Subcommand, ValueEnum};
-use serde::Serialize;
+use std::path::PathBuf;
 
-/// Switchyard benchmarks.
+use clap::{Args, Parser, Subcommand};
+use runtime::RuntimeFlavor;
+
+/// Switchyard benchmarks: each scenario starts its servers, drives them, and writes a Markdown
+/// and a JSON report (every figure as Switchyard / Go / ratio / floor).
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Cli {
-    /// Tokio flavor of this (client) process.
-    #[arg(long, value_enum, default_value_t = Flavor::MultiThread, global = true)]
-    flavor: Flavor,
+    /// Tokio flavor of this process (the load generator, or the server a hidden subcommand
+    /// runs).
+    #[arg(long, value_enum, default_value_t = RuntimeFlavor::MultiThread, global = true)]
+    flavor: RuntimeFlavor,
     #[command(subcommand)]
     scenario: Scenario,
 }
 
+/// Options every scenario shares.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct Common {
+    /// Interleaved rounds (every figure is the median and min–max over them).
+    #[arg(long, default_value_t = 5)]
+    pub(crate) rounds: usize,
+    /// Where the Markdown and JSON reports go.
+    #[arg(long, default_value = "target/bench-reports")]
+    pub(crate) out: PathBuf,
+    /// Where the Go baseline's binaries are (`bench/go-baseline/build.sh` builds them); Go
+    /// figures are measured when they exist.
+    #[arg(long, default_value = "target/go-baseline/bin")]
+    pub(crate) go_baseline: PathBuf,
+    /// Tokio runtime flavours of the Switchyard server processes; each is measured.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "current-thread,multi-thread"
+    )]
+    pub(crate) server_flavor: Vec<RuntimeFlavor>,
+}
+
 #[derive(Subcommand, Debug)]
 enum Scenario {
+    /// S0: floors (bare TCP echo, bare WebSocket echo, bare tonic unary) and the generator's
+    /// own ceiling.
+    S0Floor(round_trip::FloorArgs),
+    /// S1: connect storm (connect + upgrade + login), from several generator processes.
+    S1ConnectStorm(swarm::StormArgs),
+    /// S2: gateway memory per idle, logged-in session.
+    S2IdleMemory(idle_memory::IdleArgs),
+    /// S3: command round trip through gateway → room server; closed loop and the open-loop knee.
+    S3RoundTrip(round_trip::RoundTripArgs),
+    /// S4: room fan-out (rooms of 10, 50, 200 at 10 and 30 Hz).
+    S4Fanout(fanout::FanoutArgs),
+    /// S5: matchmaking: tickets/s and time from the last ticket to everyone notified.
+    S5Match(matchmaking::MatchArgs),
+    /// S6: TCP vs WebSocket (the S3 closed loop at 1 and 100 connections).
+    S6Transport(round_trip::RoundTripArgs),
+    /// S7: churn: S3 at half the knee plus connects/disconnects; leaked sessions and bindings.
+    S7Churn(churn::ChurnArgs),
     /// Mesh request/response between two nodes vs a bare tonic unary call.
     Mesh(mesh_rr::MeshArgs),
-    /// Client → gateway → echo logic server vs a bare WebSocket echo and a bare tonic call.
-    Gateway(gateway_rr::GatewayArgs),
-    /// Room broadcast: rooms of 10, 50, 200 members at 10 and 30 Hz, Switchyard vs Go.
-    Fanout(fanout::FanoutArgs),
-    /// (internal) a room server.
-    #[command(hide = true)]
-    ServeRoom(fanout::RoomArgs),
-    /// Gateway memory per idle, logged-in session (WebSocket and TCP) vs a bare WebSocket echo.
-    IdleMemory(idle_memory::IdleArgs),
     /// (internal) a gateway.
     #[command(hide = true)]
     ServeGateway,
-    /// (internal) the echo logic server.
+    /// (internal) a login server that also echoes.
     #[command(hide = true)]
-    ServeEchoLogic(gateway_rr::EchoArgs),
+    ServeEchoLogic(stack::SeedArgs),
+    /// (internal) a room server.
+    #[command(hide = true)]
+    ServeRoom(stack::SeedArgs),
+    /// (internal) a match server.
+    #[command(hide = true)]
+    ServeMatch(stack::SeedArgs),
+    /// (internal) a bare TCP echo server.
+    #[command(hide = true)]
+    ServeBareTcp,
     /// (internal) a bare WebSocket echo server.
     #[command(hide = true)]
     ServeBareWs,
@@ -64,94 +113,34 @@ enum Scenario {
     /// (internal) a bare tonic echo server.
     #[command(hide = true)]
     ServeBareGrpc,
-}
-
-/// Tokio runtime flavor.
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub(crate) enum Flavor {
-    /// One thread runs everything.
-    CurrentThread,
-    /// A worker per core.
-    MultiThread,
-}
-
-impl Flavor {
-    pub(crate) fn as_arg(self) -> &'static str {
-        match self {
-            Flavor::CurrentThread => "current-thread",
-            Flavor::MultiThread => "multi-thread",
-        }
-    }
-
-    fn runtime(self) -> std::io::Result<tokio::runtime::Runtime> {
-        match self {
-            Flavor::CurrentThread => tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build(),
-            Flavor::MultiThread => tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build(),
-        }
-    }
-}
-
-/// What the report says about the machine.
-#[derive(Serialize, Debug)]
-pub(crate) struct Machine {
-    cores: usize,
-    cpu: String,
-    kernel: String,
-    version: &'static str,
-}
-
-impl Machine {
-    pub(crate) fn read() -> Self {
-        let cpu = std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("model name"))
-                    .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-            })
-            .unwrap_or_default();
-        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .unwrap_or_default()
-            .trim()
-            .to_owned();
-        Self {
-            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            cpu,
-            kernel,
-            version: env!("CARGO_PKG_VERSION"),
-        }
-    }
-}
-
-impl std::fmt::Display for Machine {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} cores, {}, Linux {}, switchyard {}",
-            self.cores, self.cpu, self.kernel, self.version
-        )
-    }
+    /// (internal) a load generator process holding many connections.
+    #[command(hide = true)]
+    Swarm(swarm::SwarmArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     runtime::telemetry::init_logs(runtime::LogFormat::Text);
-    cli.flavor.runtime()?.block_on(async move {
+    cli.flavor.block_on(async move {
         match cli.scenario {
+            Scenario::S0Floor(args) => round_trip::run_floor(args).await,
+            Scenario::S1ConnectStorm(args) => swarm::run_storm(args).await,
+            Scenario::S2IdleMemory(args) => idle_memory::run(args).await,
+            Scenario::S3RoundTrip(args) => round_trip::run(args, "s3-round-trip").await,
+            Scenario::S4Fanout(args) => fanout::run(args).await,
+            Scenario::S5Match(args) => matchmaking::run(args).await,
+            Scenario::S6Transport(args) => round_trip::run(args, "s6-transport").await,
+            Scenario::S7Churn(args) => churn::run(args).await,
             Scenario::Mesh(args) => mesh_rr::run(args).await,
+            Scenario::ServeGateway => stack::serve_gateway().await,
+            Scenario::ServeEchoLogic(args) => stack::serve_echo_logic(args).await,
+            Scenario::ServeRoom(args) => stack::serve_room(args).await,
+            Scenario::ServeMatch(args) => stack::serve_match(args).await,
+            Scenario::ServeBareTcp => stack::serve_bare_tcp().await,
+            Scenario::ServeBareWs => stack::serve_bare_ws().await,
             Scenario::ServeMeshNode => mesh_rr::serve_node().await,
-            Scenario::Gateway(args) => gateway_rr::run(args).await,
-            Scenario::IdleMemory(args) => idle_memory::run(args).await,
-            Scenario::Fanout(args) => fanout::run(args).await,
-            Scenario::ServeRoom(args) => fanout::serve_room(args).await,
-            Scenario::ServeGateway => gateway_rr::serve_gateway().await,
-            Scenario::ServeEchoLogic(args) => gateway_rr::serve_echo_logic(args).await,
-            Scenario::ServeBareWs => gateway_rr::serve_bare_ws().await,
             Scenario::ServeBareGrpc => mesh_rr::serve_bare().await,
+            Scenario::Swarm(args) => swarm::serve(args).await,
         }
-    })
+    })?
 }

@@ -41,8 +41,8 @@ pub(crate) struct MeshArgs {
     #[arg(long, default_value_t = 64)]
     payload: usize,
     /// Tokio flavor of the server processes.
-    #[arg(long, value_enum, default_value_t = crate::Flavor::CurrentThread)]
-    server_flavor: crate::Flavor,
+    #[arg(long, value_enum, default_value_t = runtime::RuntimeFlavor::CurrentThread)]
+    server_flavor: runtime::RuntimeFlavor,
     /// Also write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -84,7 +84,7 @@ struct TargetReport {
 #[derive(Serialize)]
 struct Report {
     scenario: &'static str,
-    machine: crate::Machine,
+    machine: crate::report::Machine,
     args: String,
     mesh: TargetReport,
     bare_tonic: TargetReport,
@@ -95,8 +95,8 @@ struct Report {
 
 pub(crate) async fn run(args: MeshArgs) -> anyhow::Result<()> {
     let flavor = args.server_flavor.as_arg();
-    let node_server = ChildProcess::spawn(&["serve-mesh-node", "--flavor", flavor])?;
-    let bare_server = ChildProcess::spawn(&["serve-bare-grpc", "--flavor", flavor])?;
+    let node_server = ChildProcess::spawn(&["--flavor", flavor, "serve-mesh-node"])?;
+    let bare_server = ChildProcess::spawn(&["--flavor", flavor, "serve-bare-grpc"])?;
 
     let mut config = NodeConfig::new("bench-client");
     config.gossip.seeds = vec![node_server.get("gossip")?.to_owned()];
@@ -160,7 +160,7 @@ pub(crate) async fn run(args: MeshArgs) -> anyhow::Result<()> {
     let (m, b) = (summarize(&mesh_runs), summarize(&bare_runs));
     let report = Report {
         scenario: "mesh request/response vs bare tonic unary",
-        machine: crate::Machine::read(),
+        machine: crate::report::Machine::read(),
         args: format!("{args:?}"),
         ratio_p50: m.one_in_flight_p50_us.median / b.one_in_flight_p50_us.median,
         ratio_p99: m.one_in_flight_p99_us.median / b.one_in_flight_p99_us.median,

@@ -30,12 +30,6 @@ impl RunFigures {
             server_cpu_us_per_op: 0.0,
         }
     }
-
-    /// Charges `cpu_micros` of server CPU to the run's operations.
-    pub(crate) fn with_server_cpu(mut self, cpu_micros: u64, completed: u64) -> Self {
-        self.server_cpu_us_per_op = cpu_micros as f64 / completed.max(1) as f64;
-        self
-    }
 }
 
 /// Median, minimum and maximum of one figure over several runs.

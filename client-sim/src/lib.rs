@@ -4,12 +4,14 @@
 //! - [`Cli`]: the commands: `demo` and `load`.
 //! - `demo`: the matchmaking story, told line by line.
 //! - `load`: many clients in one process; throughput, latency percentiles, errors by code.
+//! - [`generator`]: the engine: closed- and open-loop drives of connected clients.
 //! - `player`: what one simulated player does (connect, log in, queue, room operations).
 
 // This crate's output is its report: printing is its job.
 #![allow(clippy::print_stdout)]
 
 mod demo;
+pub mod generator;
 mod load;
 mod player;
 

@@ -20,7 +20,10 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::sync::Barrier;
 
-use crate::player::{Player, address};
+use crate::{
+    generator::{self, MakeRequest, Pace},
+    player::{Player, address},
+};
 
 /// A load scenario.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -292,107 +295,63 @@ async fn room_ops(args: &LoadArgs, tally: &Arc<Tally>) -> anyhow::Result<Duratio
     }
     let duration = Duration::from_secs_f64(args.duration_secs.max(0.1));
     let payload = Bytes::from(vec![b'x'; args.payload]);
-    let start_line = Arc::new(Barrier::new(seated.len() + 1));
-    let mut tasks = Vec::new();
+    let mut clients = Vec::with_capacity(seated.len());
+    let mut rooms = Vec::with_capacity(seated.len());
+    let mut counters = Vec::with_capacity(seated.len());
     for (player, room) in seated {
-        let (tally, payload, start_line, rate) = (
-            tally.clone(),
-            payload.clone(),
-            start_line.clone(),
-            args.rate,
-        );
-        tasks.push(tokio::spawn(async move {
-            let Player {
-                client, mut events, ..
-            } = player;
-            let deliveries = tally.clone();
-            // Count pushes (deliveries) for as long as the connection lives.
-            let counter = tokio::spawn(async move {
-                while events.next_push().await.is_some() {
-                    deliveries.deliveries.fetch_add(1, Ordering::Relaxed);
-                }
-            });
-            start_line.wait().await;
-            let stop_at = Instant::now() + duration;
-            let mut h = histogram();
-            if rate > 0.0 {
-                // Open loop: sends on schedule whatever the responses do; latency counts from
-                // the scheduled time, so queueing shows.
-                let every = Duration::from_secs_f64(1.0 / rate);
-                let mut next = Instant::now();
-                let mut inflight = Vec::new();
-                while next < stop_at {
-                    tokio::time::sleep_until(next.into()).await;
-                    let (client, room, payload, scheduled) =
-                        (client.clone(), room.clone(), payload.clone(), next);
-                    inflight.push(tokio::spawn(async move {
-                        let op = room::RoomOp {
-                            room_id: room,
-                            payload,
-                        };
-                        let result = client
-                            .request(
-                                proto::room::v1::routes::OP,
-                                prost::Message::encode_to_vec(&op),
-                            )
-                            .await;
-                        (result, scheduled.elapsed())
-                    }));
-                    next += every;
-                }
-                for task in inflight {
-                    if let Ok((result, latency)) = task.await {
-                        record(&tally, &mut h, result, latency);
-                    }
-                }
-            } else {
-                while Instant::now() < stop_at {
-                    let t = Instant::now();
-                    let op = room::RoomOp {
-                        room_id: room.clone(),
-                        payload: payload.clone(),
-                    };
-                    let result = client
-                        .request(
-                            proto::room::v1::routes::OP,
-                            prost::Message::encode_to_vec(&op),
-                        )
-                        .await;
-                    record(&tally, &mut h, result, t.elapsed());
-                }
+        let Player {
+            client, mut events, ..
+        } = player;
+        let deliveries = tally.clone();
+        // Count pushes (deliveries) for as long as the connection lives.
+        counters.push(tokio::spawn(async move {
+            while events.next_push().await.is_some() {
+                deliveries.deliveries.fetch_add(1, Ordering::Relaxed);
             }
-            tally.merge(&h);
-            // Let the last pushes arrive before the counter stops.
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            counter.abort();
-            client.close().await;
         }));
+        clients.push(client);
+        rooms.push(room);
     }
-    start_line.wait().await;
-    let started = Instant::now();
-    for task in tasks {
-        task.await?;
+    let pace = if args.rate > 0.0 {
+        Pace::Open {
+            rate_per_s: args.rate * clients.len() as f64,
+        }
+    } else {
+        Pace::Closed
+    };
+    let make: MakeRequest = Arc::new(move |i| {
+        let op = room::RoomOp {
+            room_id: rooms[i].clone(),
+            payload: payload.clone(),
+        };
+        (
+            proto::room::v1::routes::OP,
+            prost::Message::encode_to_vec(&op).into(),
+        )
+    });
+    let outcome = generator::drive(&clients, pace, duration, make).await;
+    tally.merge(&outcome.latency);
+    tally.done.fetch_add(outcome.completed, Ordering::Relaxed);
+    for (name, n) in &outcome.errors {
+        for _ in 0..*n {
+            tally.error(name);
+        }
     }
-    Ok(started.elapsed().min(duration + Duration::from_millis(200)))
+    if outcome.generator_behind() {
+        tally.error("generator-bound (fell behind its open-loop schedule)");
+    }
+    // Let the last pushes arrive before the counters stop.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for counter in counters {
+        counter.abort();
+    }
+    for client in &clients {
+        client.close().await;
+    }
+    Ok(outcome.elapsed.min(duration + Duration::from_millis(200)))
 }
 
 use proto::room::v1 as room;
-
-fn record(
-    tally: &Tally,
-    h: &mut Histogram<u64>,
-    result: Result<client::Response, client::ClientError>,
-    latency: Duration,
-) {
-    match result {
-        Ok(response) if response.is_ok() => {
-            h.saturating_record(latency.as_nanos() as u64);
-            tally.done.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(response) => tally.error(wire::envelope::code_name(response.status)),
-        Err(error) => tally.error(&format!("transport: {error}")),
-    }
-}
 
 async fn matches(args: &LoadArgs, tally: &Arc<Tally>) -> anyhow::Result<Duration> {
     let players = connect_all(args, tally, false).await?;

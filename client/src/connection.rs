@@ -31,6 +31,9 @@ pub struct ClientConfig {
     /// Events buffered before the reader waits for the application (and so stops reading
     /// the socket).
     pub event_buffer: usize,
+    /// Source address to connect from (e.g. one of several `127.0.0.x` when one address runs
+    /// out of ephemeral ports); `None` lets the system choose.
+    pub local_ip: Option<std::net::IpAddr>,
 }
 
 impl Default for ClientConfig {
@@ -40,6 +43,7 @@ impl Default for ClientConfig {
             request_timeout: Duration::from_secs(10),
             heartbeat: Some(Duration::from_secs(10)),
             event_buffer: 1024,
+            local_ip: None,
         }
     }
 }
@@ -164,7 +168,7 @@ pub struct Client {
     pending: Pending,
     next_id: Arc<AtomicU32>,
     config: ClientConfig,
-    reader: Arc<tokio::task::AbortHandle>,
+    reader: Arc<ReaderGuard>,
 }
 
 impl Client {
@@ -178,7 +182,7 @@ impl Client {
         address: Address,
         config: ClientConfig,
     ) -> Result<(Client, Events), ClientError> {
-        let (stream, sink) = transport::connect(&address, config.max_frame)
+        let (stream, sink) = transport::connect(&address, config.max_frame, config.local_ip)
             .await
             .map_err(|e| ClientError::Connect {
                 address: address.to_string(),
@@ -193,7 +197,7 @@ impl Client {
             pending,
             next_id: Arc::new(AtomicU32::new(1)),
             config,
-            reader: Arc::new(reader),
+            reader: Arc::new(ReaderGuard(reader)),
         };
         if let Some(every) = client.config.heartbeat {
             let weak = Arc::downgrade(&client.sink);
@@ -276,7 +280,7 @@ impl Client {
     /// Stops reading from the socket, as a stuck client would (responses and events stop
     /// arriving; the gateway sees a client that does not read).
     pub fn stop_reading(&self) {
-        self.reader.abort();
+        self.reader.0.abort();
     }
 
     fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashMap<u32, oneshot::Sender<Response>>> {
@@ -349,4 +353,15 @@ async fn read_loop(mut stream: FrameStream, pending: Pending, events: mpsc::Send
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clear();
     let _ = events.send(Event::Disconnected { reason }).await;
+}
+
+/// The reader task, stopped when the last handle of its client is dropped: a dropped client
+/// closes its connection (both halves of the socket go) instead of leaving it open.
+#[derive(Debug)]
+struct ReaderGuard(tokio::task::AbortHandle);
+
+impl Drop for ReaderGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

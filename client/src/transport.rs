@@ -1,10 +1,13 @@
 //! The two transports as one pair of frame stream and frame sink.
 
-use std::{net::SocketAddr, pin::Pin};
+use std::{
+    net::{IpAddr, SocketAddr},
+    pin::Pin,
+};
 
 use bytes::Bytes;
 use futures::{Sink, SinkExt, Stream, StreamExt, future};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_util::codec::Framed;
 use wire::{FrameCodec, FrameError};
 
@@ -34,26 +37,81 @@ impl std::fmt::Display for Address {
 pub(crate) async fn connect(
     address: &Address,
     max_frame: usize,
+    local_ip: Option<IpAddr>,
 ) -> Result<(FrameStream, FrameSink), FrameError> {
     match address {
         Address::Tcp(addr) => {
-            let stream = TcpStream::connect(addr).await?;
-            stream.set_nodelay(true)?;
+            let stream = tcp_connect(*addr, local_ip).await?;
             let (sink, stream) = Framed::new(stream, FrameCodec::new(max_frame)).split();
             Ok((Box::pin(stream), Box::pin(sink)))
         }
         Address::WebSocket(url) => {
             let config = wire::ws::config(max_frame);
-            let (ws, _) =
-                tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true)
+            let transport =
+                |e: tokio_tungstenite::tungstenite::Error| FrameError::Transport(e.to_string());
+            match local_ip {
+                None => {
+                    let (ws, _) = tokio_tungstenite::connect_async_with_config(
+                        url.as_str(),
+                        Some(config),
+                        true,
+                    )
                     .await
-                    .map_err(|e| FrameError::Transport(e.to_string()))?;
-            let (sink, stream) = ws.split();
-            let sink = sink
-                .sink_map_err(|e| FrameError::Transport(e.to_string()))
-                .with(|frame: Bytes| future::ready(Ok::<_, FrameError>(wire::ws::message(frame))));
-            let stream = stream.filter_map(|message| future::ready(wire::ws::frame(message)));
-            Ok((Box::pin(stream), Box::pin(sink)))
+                    .map_err(transport)?;
+                    Ok(ws_pair(ws))
+                }
+                Some(ip) => {
+                    let uri: tokio_tungstenite::tungstenite::http::Uri = url
+                        .parse()
+                        .map_err(|e| FrameError::Transport(format!("bad URL {url}: {e}")))?;
+                    let host = uri.host().unwrap_or("127.0.0.1");
+                    let port = uri.port_u16().unwrap_or(80);
+                    let addr = tokio::net::lookup_host((host, port))
+                        .await?
+                        .next()
+                        .ok_or_else(|| FrameError::Transport(format!("no address for {host}")))?;
+                    let stream = tcp_connect(addr, Some(ip)).await?;
+                    let (ws, _) = tokio_tungstenite::client_async_with_config(
+                        url.as_str(),
+                        stream,
+                        Some(config),
+                    )
+                    .await
+                    .map_err(transport)?;
+                    Ok(ws_pair(ws))
+                }
+            }
         }
     }
+}
+
+/// A TCP connection with Nagle off, from `local_ip` when given.
+async fn tcp_connect(addr: SocketAddr, local_ip: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let stream = match local_ip {
+        None => TcpStream::connect(addr).await?,
+        Some(ip) => {
+            let socket = if ip.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            socket.bind(SocketAddr::new(ip, 0))?;
+            socket.connect(addr).await?
+        }
+    };
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// A WebSocket as a frame stream and sink of binary messages.
+fn ws_pair<S>(ws: tokio_tungstenite::WebSocketStream<S>) -> (FrameStream, FrameSink)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sink, stream) = ws.split();
+    let sink = sink
+        .sink_map_err(|e| FrameError::Transport(e.to_string()))
+        .with(|frame: Bytes| future::ready(Ok::<_, FrameError>(wire::ws::message(frame))));
+    let stream = stream.filter_map(|message| future::ready(wire::ws::frame(message)));
+    (Box::pin(stream), Box::pin(sink))
 }

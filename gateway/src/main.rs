@@ -3,9 +3,12 @@
 use clap::Parser;
 use runtime::{signal, telemetry};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let config = gateway::Config::parse();
+    config.node.runtime_flavor.block_on(serve(config))?
+}
+
+async fn serve(config: gateway::Config) -> anyhow::Result<()> {
     telemetry::init_logs(config.node.log_format);
     let listeners = gateway::Listeners::bind(&config).await?;
     let shutdown = signal::shutdown_token();

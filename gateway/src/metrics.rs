@@ -14,3 +14,8 @@ pub const PUSHES: &str = "switchyard_gateway_pushes_total";
 pub const KICKS: &str = "switchyard_gateway_kicks_total";
 /// Frames refused before routing, by reason (counter).
 pub const BAD_FRAMES: &str = "switchyard_gateway_bad_frames_total";
+/// Bindings held by this gateway's sessions, summed (gauge). With no sessions it must be 0.
+pub const BINDINGS: &str = "switchyard_gateway_bindings";
+/// Session objects alive in memory (gauge). Equal to `switchyard_gateway_sessions` once every
+/// closed connection has finished its cleanup; a lasting difference is a leak.
+pub const SESSION_OBJECTS: &str = "switchyard_gateway_session_objects";

@@ -4,7 +4,10 @@
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
     num::NonZeroU32,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicI64, Ordering},
+    },
 };
 
 use bytes::Bytes;
@@ -95,6 +98,7 @@ impl Session {
             end: Mutex::new(None),
             span,
         };
+        live_objects_changed(1);
         (Arc::new(session), rx)
     }
 
@@ -208,13 +212,18 @@ impl Session {
     /// Applies a binding change.
     pub(crate) fn bind(&self, mode: BindMode, nodes: Vec<Binding>) {
         let mut state = self.state();
+        let before = state.bindings.len();
         binding::apply(&mut state.bindings, mode, nodes);
+        bindings_changed(state.bindings.len() as i64 - before as i64);
         debug!(session = self.id, bindings = ?state.bindings.iter().map(|b| b.node.as_str()).collect::<Vec<_>>(), "bindings changed");
     }
 
     /// Drops bindings to nodes that are gone.
     pub(crate) fn drop_bindings(&self, gone: &[NodeId]) {
-        self.state().bindings.retain(|b| !gone.contains(&b.node));
+        let mut state = self.state();
+        let before = state.bindings.len();
+        state.bindings.retain(|b| !gone.contains(&b.node));
+        bindings_changed(state.bindings.len() as i64 - before as i64);
     }
 
     /// Sets attributes (empty value removes), within the per-session bounds.
@@ -244,4 +253,29 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
+        bindings_changed(-(state.bindings.len() as i64));
+        live_objects_changed(-1);
+    }
+}
+
+/// Bindings held by every session of this process (the gateway runs one per process).
+static BINDINGS: AtomicI64 = AtomicI64::new(0);
+/// Session objects alive in this process.
+static LIVE_OBJECTS: AtomicI64 = AtomicI64::new(0);
+
+fn bindings_changed(delta: i64) {
+    if delta != 0 {
+        let now = BINDINGS.fetch_add(delta, Ordering::Relaxed) + delta;
+        metrics::gauge!(crate::metrics::BINDINGS).set(now as f64);
+    }
+}
+
+fn live_objects_changed(delta: i64) {
+    let now = LIVE_OBJECTS.fetch_add(delta, Ordering::Relaxed) + delta;
+    metrics::gauge!(crate::metrics::SESSION_OBJECTS).set(now as f64);
 }

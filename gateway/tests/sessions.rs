@@ -390,3 +390,37 @@ async fn the_gateway_service_is_discoverable_by_reflection() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_dropped_without_closing_ends_its_session() {
+    let gateway = TestGateway::start("gw", &[], &[]).await;
+    let logic = start_logic(pushing_routes(), "l1", &[gateway.gossip]).await;
+    gateway.wait_for_nodes("room", 1).await;
+    let (client, events) = login(gateway.tcp_address(), "leaver").await;
+    let online = logic
+        .sdk
+        .presence(&["leaver".into()])
+        .await
+        .expect("presence");
+    assert!(online.contains_key("leaver"));
+
+    // No goodbye: the application just lets go of its handles.
+    drop((client, events));
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let presence = logic
+            .sdk
+            .presence(&["leaver".into()])
+            .await
+            .expect("presence");
+        if !presence.contains_key("leaver") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway still holds the session of a dropped client"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

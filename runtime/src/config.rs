@@ -80,6 +80,16 @@ pub struct NodeArgs {
     #[arg(long, env = "SWITCHYARD_LOG_FORMAT", value_enum, default_value_t)]
     pub log_format: LogFormat,
 
+    /// Tokio runtime: `multi-thread` (a worker per core) or `current-thread` (one thread; on
+    /// one or two cores often the lower latency).
+    #[arg(
+        long = "runtime",
+        env = "SWITCHYARD_RUNTIME",
+        value_enum,
+        default_value_t
+    )]
+    pub runtime_flavor: crate::RuntimeFlavor,
+
     /// Once serving, write the node's id and bound addresses (`key=value` lines) to this file.
     /// Lets scripts and tests use port 0.
     #[arg(long, env = "SWITCHYARD_READY_FILE")]

@@ -10,14 +10,17 @@
 //! - [`config`]: [`NodeArgs`] (command line and environment) and [`NodeConfig`].
 //! - [`node`]: [`Node`]: joins the cluster, serves gRPC, runs the shutdown sequence.
 //! - `admin`: `/metrics`, `/healthz`, `/readyz`.
+//! - [`flavor`]: [`RuntimeFlavor`], the tokio runtime a binary runs on.
 //! - [`telemetry`]: log subscriber and Prometheus recorder.
 //! - [`signal`]: SIGTERM/SIGINT, for `main` only.
 
 mod admin;
 pub mod config;
+pub mod flavor;
 pub mod node;
 pub mod signal;
 pub mod telemetry;
 
 pub use config::{ListenDefaults, LogFormat, NodeArgs, NodeConfig};
+pub use flavor::RuntimeFlavor;
 pub use node::{BoundAddrs, Listeners, Node, StartError};

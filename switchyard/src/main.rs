@@ -36,9 +36,21 @@ enum Command {
     ClientSim(client_sim::Cli),
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // Services run on the runtime their configuration names; the launcher and client-sim on
+    // the default one.
+    let flavor = match &cli.command {
+        Command::Gateway(config) => config.node.runtime_flavor,
+        Command::LogicRoom(config) => config.node.runtime_flavor,
+        Command::LogicMatch(config) => config.node.runtime_flavor,
+        Command::Up(_) | Command::ClientSim(_) => runtime::RuntimeFlavor::MultiThread,
+    };
+    flavor.block_on(run(cli))?
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
         Command::Up(args) => up::run(args).await,
         Command::Gateway(config) => {
             telemetry::init_logs(config.node.log_format);

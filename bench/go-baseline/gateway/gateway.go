@@ -35,6 +35,23 @@ const (
 // routeLogin (1:1) is the only public route: the one request allowed before login.
 const routeLogin = 1<<16 | 1
 
+// cmdMatch: requests with this command go to go-match (when the gateway has one).
+const cmdMatch = 20
+
+// backends is a set of the logic servers behind this gateway.
+type backends uint8
+
+const (
+	backendRoom backends = 1 << iota
+	backendMatch
+)
+
+// Node ids of the logic servers, as they name themselves in Gateway.Bind calls.
+const (
+	roomNode  = "go-room"
+	matchNode = "go-match"
+)
+
 type config struct {
 	maxFrame       int
 	outboundQueue  int
@@ -46,7 +63,8 @@ type config struct {
 
 type gateway struct {
 	cfg    config
-	logic  logicpb.LogicClient
+	room   logicpb.LogicClient
+	match  logicpb.LogicClient // nil: every route goes to room
 	callMD metadata.MD
 	nextID uint64 // atomic
 
@@ -54,10 +72,11 @@ type gateway struct {
 	users map[string]*session
 }
 
-func newGateway(cfg config, logic logicpb.LogicClient) *gateway {
+func newGateway(cfg config, room, match logicpb.LogicClient) *gateway {
 	return &gateway{
 		cfg:    cfg,
-		logic:  logic,
+		room:   room,
+		match:  match,
 		callMD: metadata.Pairs(gatewayAddrKey, cfg.grpcAddr),
 		users:  make(map[string]*session),
 	}
@@ -123,11 +142,38 @@ func (g *gateway) dispatch(s *session, req *clientpb.Envelope) {
 	}()
 }
 
-// handle routes one request to the logic server and turns its answer into the response.
+// backendFor picks the logic server of a route: cmd 20 goes to go-match, the rest to go-room.
+func (g *gateway) backendFor(route uint32) backends {
+	if g.match != nil && route>>16 == cmdMatch {
+		return backendMatch
+	}
+	return backendRoom
+}
+
+func (g *gateway) client(b backends) logicpb.LogicClient {
+	if b == backendMatch {
+		return g.match
+	}
+	return g.room
+}
+
+// backendNamed maps a node id of a Bind call to its logic server (0: unknown).
+func (g *gateway) backendNamed(node string) backends {
+	switch {
+	case node == roomNode:
+		return backendRoom
+	case node == matchNode && g.match != nil:
+		return backendMatch
+	}
+	return 0
+}
+
+// handle routes one request to its logic server and turns the answer into the response.
 func (g *gateway) handle(s *session, req *clientpb.Envelope, user string) *clientpb.Envelope {
 	ctx, cancel := context.WithTimeout(metadata.NewOutgoingContext(context.Background(), g.callMD), g.cfg.requestTimeout)
 	defer cancel()
-	reply, err := g.logic.Handle(ctx, &logicpb.LogicRequest{
+	backend := g.backendFor(req.Route)
+	reply, err := g.client(backend).Handle(ctx, &logicpb.LogicRequest{
 		Route:       req.Route,
 		Payload:     req.Payload,
 		SessionId:   s.id,
@@ -151,7 +197,7 @@ func (g *gateway) handle(s *session, req *clientpb.Envelope, user string) *clien
 		g.attach(s, reply.LoginUserId)
 	}
 	if reply.WatchSession {
-		s.setWatched()
+		s.watch(backend)
 	}
 	return &clientpb.Envelope{
 		Kind:    clientpb.Kind_KIND_RESPONSE,
@@ -178,7 +224,8 @@ func (g *gateway) attach(s *session, user string) {
 	}
 }
 
-// sessionEnded forgets the session's user and tells the logic server if it asked to know.
+// sessionEnded forgets the session's user and tells the logic servers that watch the session
+// or that the user is bound to.
 func (g *gateway) sessionEnded(s *session) {
 	user := s.userID()
 	if user == "" {
@@ -190,22 +237,28 @@ func (g *gateway) sessionEnded(s *session) {
 		delete(g.users, user)
 	}
 	g.mu.Unlock()
-	if !held || !s.isWatched() {
+	tell := s.toTell()
+	if !held || tell == 0 {
 		return
 	}
-	go func() {
-		ctx, cancel := context.WithTimeout(metadata.NewOutgoingContext(context.Background(), g.callMD), g.cfg.requestTimeout)
-		defer cancel()
-		_, err := g.logic.SessionClosed(ctx, &logicpb.SessionEnded{
-			SessionId:   s.id,
-			UserId:      user,
-			GatewayNode: nodeID,
-			Reason:      "session ended",
-		})
-		if err != nil {
-			log.Printf("session %d: telling the logic server it closed: %v", s.id, err)
+	closed := &logicpb.SessionEnded{
+		SessionId:   s.id,
+		UserId:      user,
+		GatewayNode: nodeID,
+		Reason:      "session ended",
+	}
+	for _, b := range []backends{backendRoom, backendMatch} {
+		if tell&b == 0 {
+			continue
 		}
-	}()
+		go func(logic logicpb.LogicClient) {
+			ctx, cancel := context.WithTimeout(metadata.NewOutgoingContext(context.Background(), g.callMD), g.cfg.requestTimeout)
+			defer cancel()
+			if _, err := logic.SessionClosed(ctx, closed); err != nil {
+				log.Printf("session %d: telling a logic server it closed: %v", s.id, err)
+			}
+		}(g.client(b))
+	}
 }
 
 // lookup returns the session holding user, if any. Callers hold g.mu for reading.

@@ -1,7 +1,7 @@
 // go-gateway: the Go baseline of the Switchyard gateway. Clients connect over WebSocket
 // (binary messages on /ws) or TCP (4-byte big-endian length, then an encoded Envelope); every
-// request is routed over gRPC to one logic server (go-room), and logic servers push to clients
-// through this process's Gateway gRPC service.
+// request is routed over gRPC to a logic server (go-room; with -match, cmd 20 goes to go-match),
+// and logic servers push to clients through this process's Gateway gRPC service.
 //
 // One goroutine reads each connection, one writes it (a bounded channel of envelopes drained
 // into a bufio.Writer that is flushed when the channel is empty), and each request runs in its
@@ -29,7 +29,8 @@ import (
 const nodeID = "go-gateway"
 
 // gatewayAddrKey is the gRPC metadata key carrying this gateway's gRPC address on Logic calls,
-// so a go-room started before the gateway (ports are picked at start) can push back to it.
+// so a go-room or go-match started before the gateway (ports are picked at start) can push
+// back to it.
 const gatewayAddrKey = "x-switchyard-gateway-grpc"
 
 // quickBackoff retries a lost logic server within a second (grpc-go's default waits up to 2 min).
@@ -40,6 +41,8 @@ func main() {
 	tcpAddr := flag.String("tcp", "127.0.0.1:0", "TCP listen address (length-prefixed frames)")
 	grpcAddr := flag.String("grpc", "127.0.0.1:0", "gRPC listen address of the Gateway service")
 	roomAddr := flag.String("room", "", "gRPC address of the logic server (go-room), HOST:PORT")
+	matchAddr := flag.String("match", "", "gRPC address of the match server (go-match), HOST:PORT; "+
+		"optional: without it, every route goes to -room")
 	maxFrame := flag.Int("max-frame", 1<<20, "largest frame in bytes")
 	outboundQueue := flag.Int("outbound-queue", 1024, "frames queued per session before it is dropped")
 	maxInFlight := flag.Int("max-in-flight", 256, "requests in flight per session before reading pauses")
@@ -64,17 +67,10 @@ func main() {
 		log.Fatalf("grpc listen: %v", err)
 	}
 
-	// One shared connection to the logic server; grpc-go multiplexes every request on it.
-	// Calls wait (up to the request timeout) for the connection rather than failing fast, so
-	// the two processes may start in either order.
-	conn, err := grpc.Dial(*roomAddr,
-		grpc.WithInsecure(),
-		grpc.WithConnectParams(grpc.ConnectParams{Backoff: quickBackoff, MinConnectTimeout: 5 * time.Second}),
-		grpc.WithDefaultCallOptions(grpc.WaitForReady(true)),
-		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second}),
-	)
-	if err != nil {
-		log.Fatalf("dial %s: %v", *roomAddr, err)
+	room := dialLogic(*roomAddr)
+	var match logicpb.LogicClient
+	if *matchAddr != "" {
+		match = dialLogic(*matchAddr)
 	}
 
 	g := newGateway(config{
@@ -84,7 +80,7 @@ func main() {
 		requestTimeout: *requestTimeout,
 		idleTimeout:    *idleTimeout,
 		grpcAddr:       grpcLn.Addr().String(),
-	}, logicpb.NewLogicClient(conn))
+	}, room, match)
 
 	server := grpc.NewServer()
 	gatewaypb.RegisterGatewayServer(server, &gatewayService{g: g})
@@ -108,4 +104,20 @@ func main() {
 	fmt.Fprintf(os.Stdout, "READY ws=ws://%s/ws tcp=%s grpc=%s\n",
 		wsLn.Addr(), tcpLn.Addr(), grpcLn.Addr())
 	select {}
+}
+
+// dialLogic opens one shared connection to a logic server; grpc-go multiplexes every request
+// on it. Calls wait (up to the request timeout) for the connection rather than failing fast,
+// so the processes may start in any order.
+func dialLogic(addr string) logicpb.LogicClient {
+	conn, err := grpc.Dial(addr,
+		grpc.WithInsecure(),
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: quickBackoff, MinConnectTimeout: 5 * time.Second}),
+		grpc.WithDefaultCallOptions(grpc.WaitForReady(true)),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second}),
+	)
+	if err != nil {
+		log.Fatalf("dial %s: %v", addr, err)
+	}
+	return logicpb.NewLogicClient(conn)
 }

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	clientpb "gobaseline/pb/switchyard_client_v1"
+	logicpb "gobaseline/pb/switchyard_logic_v1"
 )
 
 // writeTimeout: how long one flush may block before the client counts as not reading.
@@ -21,9 +22,10 @@ type session struct {
 
 	mu      sync.Mutex // guards the fields below and the order of sends on out
 	user    string
-	seq     uint64 // last push sequence number
-	closing bool   // no more frames are accepted
-	watched bool   // the logic server wants SessionClosed
+	seq     uint64   // last push sequence number
+	closing bool     // no more frames are accepted
+	watched backends // logic servers that asked for SessionClosed (watch_session)
+	bound   backends // logic servers the user is bound to (Gateway.Bind); told too
 }
 
 func newSession(id uint64, queue, maxInFlight int, t transport) *session {
@@ -50,16 +52,37 @@ func (s *session) setUser(user string) string {
 	return previous
 }
 
-func (s *session) setWatched() {
+func (s *session) watch(b backends) {
 	s.mu.Lock()
-	s.watched = true
+	s.watched |= b
 	s.mu.Unlock()
 }
 
-func (s *session) isWatched() bool {
+// bind changes the user's bindings; false when the session is closing.
+func (s *session) bind(mode logicpb.BindMode, nodes backends) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.watched
+	if s.closing {
+		return false
+	}
+	switch mode {
+	case logicpb.BindMode_BIND_MODE_COVER:
+		s.bound = nodes
+	case logicpb.BindMode_BIND_MODE_APPEND:
+		s.bound |= nodes
+	case logicpb.BindMode_BIND_MODE_REMOVE:
+		s.bound &^= nodes
+	case logicpb.BindMode_BIND_MODE_CLEAR:
+		s.bound = 0
+	}
+	return true
+}
+
+// toTell: the logic servers to send SessionClosed to.
+func (s *session) toTell() backends {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.watched | s.bound
 }
 
 // send queues one frame; false when the session is closing or was just dropped as a slow

@@ -35,6 +35,12 @@ var (
 	pushPropsChange = route(11, 5)
 )
 
+// Mesh routes (proto/src/lib.rs): calls from go-match, never from a gateway (see handleMesh).
+const (
+	meshLoad      = 0x1101 // RoomRef → LoadReport
+	meshCreateFor = 0x1102 // CreateRoomFor → RoomInfo: a room with the matched players seated
+)
+
 // Status codes: client.proto's ErrorCode and room.proto's application codes.
 const (
 	codeRouteNotFound = 1
@@ -71,6 +77,7 @@ type logic struct {
 	mu        sync.RWMutex // the index; taken after a room's lock, never before
 	rooms     map[string]*room
 	userRooms map[string]map[string]*room
+	members   uint64 // memberships in all rooms (the load report's members)
 }
 
 func newLogic(pushes *pusher, maxMembers int, learnAddr bool) *logic {
@@ -90,6 +97,9 @@ func (l *logic) Handle(ctx context.Context, req *logicpb.LogicRequest) (*logicpb
 				_ = l.pushes.connect(addrs[0])
 			}
 		}
+	}
+	if req.Route == meshLoad || req.Route == meshCreateFor {
+		return l.handleMesh(req)
 	}
 	if req.Route != routeLogin && req.Route != routeEcho && req.UserId == "" {
 		return &logicpb.LogicResponse{Status: codeLoginRequired, Error: "log in first"}, nil
@@ -159,6 +169,40 @@ func (l *logic) Handle(ctx context.Context, req *logicpb.LogicRequest) (*logicpb
 	return resp, nil
 }
 
+// handleMesh serves go-match: the load report and rooms created for a match. Gateways number
+// their sessions from 1, so a call with a session id comes from a client and is refused.
+func (l *logic) handleMesh(req *logicpb.LogicRequest) (*logicpb.LogicResponse, error) {
+	if req.SessionId != 0 {
+		return &logicpb.LogicResponse{Status: codeRouteNotFound, Error: "no server serves this route"}, nil
+	}
+	var (
+		reply proto.Message
+		err   error
+	)
+	switch req.Route {
+	case meshLoad:
+		l.mu.RLock()
+		reply = &roompb.LoadReport{NodeId: nodeID, Rooms: uint64(len(l.rooms)), Members: l.members}
+		l.mu.RUnlock()
+	case meshCreateFor:
+		var create roompb.CreateRoomFor
+		if err = decode(req.Payload, &create); err == nil {
+			reply, err = l.createFor(&create)
+		}
+	}
+	if err != nil {
+		if le, ok := err.(*logicError); ok {
+			return &logicpb.LogicResponse{Status: le.code, Error: le.text}, nil
+		}
+		return nil, err
+	}
+	payload, err := proto.Marshal(reply)
+	if err != nil {
+		return nil, err
+	}
+	return &logicpb.LogicResponse{Payload: payload}, nil
+}
+
 func (l *logic) SessionClosed(_ context.Context, req *logicpb.SessionEnded) (*logicpb.SessionClosedAck, error) {
 	l.mu.RLock()
 	rooms := make([]*room, 0, len(l.userRooms[req.UserId]))
@@ -202,20 +246,52 @@ func (l *logic) create(user string, req *roompb.CreateRoom) (proto.Message, erro
 	if max == 0 {
 		max = l.maxMembers
 	}
+	r := l.addRoom(max, req.Properties)
+	defer r.mu.Unlock()
+	return l.join(r, user)
+}
+
+// createFor creates a room for a match with its players seated (logic-room's create-for-match):
+// each joins in the list's order, so the first owns the room.
+func (l *logic) createFor(req *roompb.CreateRoomFor) (proto.Message, error) {
+	if len(req.Members) == 0 {
+		return nil, &logicError{codeBadRequest, "a room for a match needs members"}
+	}
+	for _, m := range req.Members {
+		if m.GetUserId() == "" {
+			return nil, &logicError{codeBadRequest, "empty user id"}
+		}
+	}
+	max := int(req.MaxMembers)
+	if max < len(req.Members) {
+		max = len(req.Members)
+	}
+	r := l.addRoom(max, req.Properties)
+	defer r.mu.Unlock()
+	for _, m := range req.Members {
+		if _, err := l.join(r, m.UserId); err != nil {
+			return nil, err
+		}
+	}
+	return r.infoLocked(), nil
+}
+
+// addRoom registers a new room and returns it locked, so nobody sees it before its creators
+// have joined.
+func (l *logic) addRoom(max int, properties map[string]string) *room {
 	r := &room{
 		id:         strconv.FormatUint(atomic.AddUint64(&l.nextID, 1), 10) + "@" + nodeID,
 		maxMembers: max,
-		properties: make(map[string]string, len(req.Properties)),
+		properties: make(map[string]string, len(properties)),
 	}
-	for k, v := range req.Properties {
+	for k, v := range properties {
 		r.properties[k] = v
 	}
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	l.mu.Lock()
 	l.rooms[r.id] = r
 	l.mu.Unlock()
-	return l.join(r, user)
+	return r
 }
 
 // withRoom runs f on the room under its lock.
@@ -252,6 +328,7 @@ func (l *logic) join(r *room, user string) (proto.Message, error) {
 		l.userRooms[user] = mine
 	}
 	mine[r.id] = r
+	l.members++
 	l.mu.Unlock()
 	l.broadcast(r, pushJoined, &roompb.MemberEvent{RoomId: r.id, UserId: user, Reason: "joined"})
 	return r.infoLocked(), nil
@@ -264,6 +341,7 @@ func (l *logic) leave(r *room, user, reason string) (proto.Message, error) {
 	}
 	r.members = append(r.members[:i], r.members[i+1:]...)
 	l.mu.Lock()
+	l.members--
 	if mine := l.userRooms[user]; mine != nil {
 		delete(mine, r.id)
 		if len(mine) == 0 {

@@ -1,6 +1,7 @@
 // go-room: the Go baseline of the Switchyard room server. It serves the Logic gRPC service
-// (login, echo and the room routes) and pushes room events to clients through the gateway's
-// Gateway.PushBatch, from one ordered, batching sender goroutine.
+// (login, echo, the room routes, and go-match's load report and rooms created for a match)
+// and pushes room events to clients through the gateway's Gateway.PushBatch, from one ordered,
+// batching sender goroutine.
 package main
 
 import (

@@ -16,9 +16,12 @@ struct Config {
     node: NodeArgs,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let config = Config::parse();
+    config.node.runtime_flavor.block_on(serve(config))?
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
     telemetry::init_logs(config.node.log_format);
     let listeners = Listeners::bind(config.node.listen(ListenDefaults::LOOPBACK)).await?;
     let mut node = Node::start(

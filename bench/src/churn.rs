@@ -1,0 +1,301 @@
+//! Scenario `s7-churn`: the S3 load in open loop at half the knee, while other clients come and
+//! go (1,000 to 2,000 connects and disconnects a minute; each logs in and creates a room, which
+//! binds it to the room server, then leaves cleanly or just drops its connection). Reports the
+//! steady load's latency with churn next to the same load without it, and then, once every
+//! client is gone, what the gateway still holds: sessions, session objects and bindings must
+//! all be 0.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use clap::Args;
+use client_sim::generator::Pace;
+use prost::Message;
+use proto::room::v1 as room;
+use runtime::RuntimeFlavor;
+
+use crate::{
+    Common,
+    report::{COMPARED, Compared, Figure, Report, text},
+    round_trip::{Clients, Run, Target, Who, drive, find_knee},
+    stack::{Services, Stack, Transport, client_config, login},
+    stats::Spread,
+};
+
+/// Options of `s7-churn`.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct ChurnArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Steady load in requests per second in all; 0: half of the knee found first.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Rates tried to find the knee.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "2000,4000,8000,12000,16000,20000,24000,32000"
+    )]
+    knee_rates: Vec<f64>,
+    /// Steady connections.
+    #[arg(long, default_value_t = 100)]
+    connections: usize,
+    /// Connects (and as many disconnects) per minute.
+    #[arg(long, default_value_t = 1500.0)]
+    churn_per_minute: f64,
+    /// Length of each run, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    duration_ms: u64,
+}
+
+struct ChurnRun {
+    steady: Run,
+    quiet: Run,
+    churned: u64,
+    churn_failed: u64,
+}
+
+/// What a Switchyard gateway still holds after every client left.
+#[derive(Default, Clone, Copy)]
+struct Leftovers {
+    sessions: f64,
+    session_objects: f64,
+    bindings: f64,
+}
+
+pub(crate) async fn run(args: ChurnArgs) -> anyhow::Result<()> {
+    let mut report = Report::new(
+        "s7-churn",
+        format!(
+            "churn: S3 at half the knee over {} connections, plus {:.0} connects/disconnects a minute",
+            args.connections, args.churn_per_minute
+        ),
+        args.common.rounds,
+    );
+    let mut runs: Vec<(RuntimeFlavor, Who, ChurnRun)> = Vec::new();
+    let mut leftovers: Vec<(RuntimeFlavor, Leftovers)> = Vec::new();
+    let mut rates = Vec::new();
+    for &flavor in &args.common.server_flavor {
+        let sw = Stack::switchyard(flavor, Services::Rooms).await?;
+        let go = Stack::go(&args.common.go_baseline, Services::Rooms).await?;
+        let mut stacks = vec![&sw];
+        stacks.extend(go.as_ref());
+        let mut systems = Vec::new();
+        for stack in stacks {
+            let target = Target::stack(stack, Transport::Tcp);
+            let rate = if args.rate > 0.0 {
+                args.rate
+            } else {
+                let step = Duration::from_millis(1000);
+                find_knee(&target, args.connections, &args.knee_rates, step).await? / 2.0
+            };
+            anyhow::ensure!(rate > 0.0, "{:?}: no sustainable rate found", target.who);
+            rates.push((flavor, target.who, rate));
+            let clients =
+                Clients::open(&target, args.connections, &format!("steady-{flavor}")).await?;
+            systems.push((stack, target, clients, rate));
+        }
+        for round in 0..args.common.rounds {
+            for i in 0..systems.len() {
+                let (stack, target, clients, rate) = &systems[(i + round) % systems.len()];
+                let run = once(
+                    stack,
+                    target,
+                    clients,
+                    *rate,
+                    &args,
+                    &format!("{flavor}-{round}"),
+                )
+                .await;
+                runs.push((flavor, target.who, run));
+            }
+            eprintln!("{flavor}: round {}/{} done", round + 1, args.common.rounds);
+        }
+        for (_, _, clients, _) in systems {
+            clients.close().await;
+        }
+        if let Some(admin) = &sw.admin {
+            leftovers.push((flavor, settle(admin.parse()?).await));
+        }
+    }
+    let mut columns = vec!["server runtime", "figure"];
+    columns.extend(COMPARED);
+    let table = report.table("Steady load over TCP with and without churn", &columns);
+    let figures: [Figure<ChurnRun>; 7] = [
+        ("steady rate, req/s (half the knee)", |r| {
+            r.steady.throughput_per_s
+        }),
+        ("p50 µs, no churn", |r| r.quiet.p50_us),
+        ("p50 µs, churn", |r| r.steady.p50_us),
+        ("p99 µs, no churn", |r| r.quiet.p99_us),
+        ("p99 µs, churn", |r| r.steady.p99_us),
+        ("churn connects done", |r| r.churned as f64),
+        ("failed (steady + churn)", |r| {
+            (r.steady.failed + r.churn_failed) as f64
+        }),
+    ];
+    for &flavor in &args.common.server_flavor {
+        for (name, figure) in figures {
+            let spread = |who: Who| {
+                let v: Vec<f64> = runs
+                    .iter()
+                    .filter(|(f, w, _)| *f == flavor && *w == who)
+                    .map(|(.., r)| figure(r))
+                    .collect();
+                (!v.is_empty()).then(|| Spread::of(v))
+            };
+            let compared = Compared {
+                switchyard: spread(Who::Switchyard),
+                go: spread(Who::Go),
+                floor: None,
+            };
+            let mut row = vec![text(flavor), text(name)];
+            row.extend(compared.cells());
+            table.row(row);
+        }
+    }
+    let table = report.table(
+        "What the Switchyard gateway holds once every client has left",
+        &["server runtime", "sessions", "session objects", "bindings"],
+    );
+    for (flavor, left) in &leftovers {
+        table.row(vec![
+            text(flavor),
+            text(left.sessions),
+            text(left.session_objects),
+            text(left.bindings),
+        ]);
+    }
+    for (flavor, left) in &leftovers {
+        report.target(
+            format!("S7 leaked sessions and bindings = 0 ({flavor})"),
+            format!(
+                "{} sessions, {} session objects, {} bindings",
+                left.sessions, left.session_objects, left.bindings
+            ),
+            left.sessions == 0.0 && left.session_objects == 0.0 && left.bindings == 0.0,
+        );
+    }
+    for (flavor, who, rate) in rates {
+        report.note(format!("{who:?} ({flavor}): steady rate {rate:.0} req/s"));
+    }
+    report.note("Leftovers are read from the gateway's /metrics (switchyard_gateway_sessions, switchyard_gateway_session_objects, switchyard_gateway_bindings) up to 10 s after the last client left; the Go baseline has no such counters. Half the churn clients close cleanly, half just drop the connection.");
+    report.finish(&args.common.out)
+}
+
+/// One round: the steady load alone, then with churn.
+async fn once(
+    stack: &Stack,
+    target: &Target,
+    clients: &Clients,
+    rate: f64,
+    args: &ChurnArgs,
+    tag: &str,
+) -> ChurnRun {
+    let duration = Duration::from_millis(args.duration_ms);
+    let pace = Pace::Open { rate_per_s: rate };
+    let quiet = drive(target, clients, pace, duration).await;
+    let churned = Arc::new(AtomicU64::new(0));
+    let churn_failed = Arc::new(AtomicU64::new(0));
+    let churner = tokio::spawn(churn(
+        stack.address(Transport::Tcp),
+        args.churn_per_minute,
+        duration,
+        tag.to_owned(),
+        churned.clone(),
+        churn_failed.clone(),
+    ));
+    let steady = drive(target, clients, pace, duration).await;
+    let _ = churner.await;
+    ChurnRun {
+        steady,
+        quiet,
+        churned: churned.load(Ordering::Relaxed),
+        churn_failed: churn_failed.load(Ordering::Relaxed),
+    }
+}
+
+/// Clients that connect, log in, create a room, stay a moment and leave: half close cleanly,
+/// half drop their connection.
+async fn churn(
+    address: client::Address,
+    per_minute: f64,
+    duration: Duration,
+    tag: String,
+    churned: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+) {
+    let every = Duration::from_secs_f64(60.0 / per_minute.max(1.0));
+    let stop_at = Instant::now() + duration;
+    let mut next = Instant::now();
+    let mut visitors = Vec::new();
+    let mut n = 0u64;
+    while next < stop_at {
+        tokio::time::sleep_until(next.into()).await;
+        n += 1;
+        let (address, churned, failed) = (address.clone(), churned.clone(), failed.clone());
+        let user = format!("churn-{tag}-{n}");
+        visitors.push(tokio::spawn(async move {
+            let visit = async {
+                let (client, _events) = login(&address, &client_config(), &user).await?;
+                let create = room::CreateRoom {
+                    max_members: 4,
+                    properties: Default::default(),
+                };
+                let response = client
+                    .request(room::routes::CREATE, create.encode_to_vec())
+                    .await?;
+                anyhow::ensure!(response.is_ok(), "create failed: {response:?}");
+                // Stay 0.2 to 2 s.
+                tokio::time::sleep(Duration::from_millis(200 + (n * 7919) % 1800)).await;
+                if n.is_multiple_of(2) {
+                    client.close().await;
+                } // else: dropped without a goodbye
+                anyhow::Ok(())
+            };
+            match visit.await {
+                Ok(()) => churned.fetch_add(1, Ordering::Relaxed),
+                Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+            };
+        }));
+        next += every;
+    }
+    for visitor in visitors {
+        let _ = visitor.await;
+    }
+}
+
+/// Waits up to 10 s for the gateway to hold nothing; returns what it still holds.
+async fn settle(admin: SocketAddr) -> Leftovers {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = tokio::task::spawn_blocking(move || read_leftovers(admin))
+            .await
+            .unwrap_or_default();
+        let clean = left.sessions == 0.0 && left.session_objects == 0.0 && left.bindings == 0.0;
+        if clean || Instant::now() > deadline {
+            return left;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn read_leftovers(admin: SocketAddr) -> Leftovers {
+    let (_, body) = testkit::http_get(admin, "/metrics");
+    let gauge = |name: &str| {
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    Leftovers {
+        sessions: gauge(gateway::metrics::SESSIONS),
+        session_objects: gauge(gateway::metrics::SESSION_OBJECTS),
+        bindings: gauge(gateway::metrics::BINDINGS),
+    }
+}

@@ -1,0 +1,766 @@
+//! Scenarios `s0-floor`, `s3-round-trip` and `s6-transport`: a client command through the
+//! gateway to the room server and back (`GetProperties` of the client's own room), over TCP and
+//! WebSocket, in closed loop at 1, 100 and 1,000 connections and in open loop at rising rates
+//! up to the knee (the highest rate with p99 ≤ 5 ms). Switchyard, the Go baseline and the floor
+//! (the same generator against a bare echo of the same transport) take turns in every round.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use clap::Args;
+use client::{Address, Client};
+use client_sim::generator::{self, MakeRequest, Outcome, Pace};
+use prost::Message;
+use proto::{
+    mesh::v1::{MeshRequest, mesh_client::MeshClient},
+    room::v1::{self as room, routes},
+};
+use runtime::RuntimeFlavor;
+use serde::Serialize;
+use tonic::transport::Endpoint;
+
+use crate::{
+    Common,
+    procfs::CpuMeter,
+    report::{COMPARED, Cell, Compared, Figure, Report, text},
+    stack::{Floor, FloorKind, Services, Stack, Transport, client_config, login},
+    stats::{Spread, histogram},
+};
+
+/// p99 latency under which a rate counts as sustained (the knee's definition).
+const KNEE_P99: Duration = Duration::from_millis(5);
+/// A system within this share of the floor's closed-loop rate may be held back by the
+/// generator rather than by itself.
+const GENERATOR_BOUND_SHARE: f64 = 0.8;
+
+/// Options of `s3-round-trip` and `s6-transport`.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct RoundTripArgs {
+    #[command(flatten)]
+    pub(crate) common: Common,
+    /// Connection counts measured in closed loop (one request in flight per connection).
+    #[arg(long, value_delimiter = ',', default_value = "1,100,1000")]
+    pub(crate) connections: Vec<usize>,
+    /// Client transports.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "tcp,ws")]
+    pub(crate) transports: Vec<Transport>,
+    /// Length of each closed-loop run, in milliseconds.
+    #[arg(long, default_value_t = 2_000)]
+    pub(crate) duration_ms: u64,
+    /// Open-loop rates (requests per second in all) tried in order to find the knee; empty:
+    /// no knee.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "2000,4000,8000,12000,16000,20000,24000,32000"
+    )]
+    pub(crate) knee_rates: Vec<f64>,
+    /// Connections of the open-loop runs.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) knee_connections: usize,
+    /// Length of each open-loop step, in milliseconds.
+    #[arg(long, default_value_t = 1_000)]
+    pub(crate) knee_step_ms: u64,
+}
+
+/// A system measured: Switchyard, the Go baseline, or the floor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub(crate) enum Who {
+    Switchyard,
+    Go,
+    Floor,
+}
+
+/// Where a measured system is.
+pub(crate) struct Target {
+    pub(crate) who: Who,
+    pub(crate) address: Address,
+    /// Logs in and creates a room first (the floors answer anything as is).
+    pub(crate) real: bool,
+    pub(crate) pids: Vec<u32>,
+}
+
+impl Target {
+    pub(crate) fn stack(stack: &Stack, transport: Transport) -> Self {
+        Target {
+            who: match stack.system {
+                crate::stack::System::Switchyard => Who::Switchyard,
+                crate::stack::System::Go => Who::Go,
+            },
+            address: stack.address(transport),
+            real: true,
+            pids: stack.pids.clone(),
+        }
+    }
+
+    pub(crate) fn floor(floor: &Floor) -> anyhow::Result<Self> {
+        Ok(Target {
+            who: Who::Floor,
+            address: floor.address()?,
+            real: false,
+            pids: vec![floor.pid()],
+        })
+    }
+}
+
+/// Connected clients, each in its own room, and the command each one sends.
+pub(crate) struct Clients {
+    pub(crate) clients: Vec<Client>,
+    _events: Vec<client::Events>,
+    pub(crate) make: MakeRequest,
+}
+
+impl Clients {
+    /// Connects `n` clients to `target`; on a real system each logs in as `<tag>-<i>` and
+    /// creates a room of its own.
+    pub(crate) async fn open(target: &Target, n: usize, tag: &str) -> anyhow::Result<Self> {
+        let config = client_config();
+        let mut clients = Vec::with_capacity(n);
+        let mut events = Vec::with_capacity(n);
+        let mut requests = Vec::with_capacity(n);
+        let indexes: Vec<usize> = (0..n).collect();
+        for chunk in indexes.chunks(250) {
+            let opened = chunk.iter().map(|i| {
+                let (config, address) = (config.clone(), target.address.clone());
+                let user = format!("{tag}-{i}");
+                let real = target.real;
+                async move {
+                    let (client, events) = login(&address, &config, &user).await?;
+                    let room_id = if real {
+                        let create = room::CreateRoom {
+                            max_members: 2,
+                            properties: Default::default(),
+                        };
+                        let response = client
+                            .request(routes::CREATE, create.encode_to_vec())
+                            .await?;
+                        anyhow::ensure!(response.is_ok(), "create failed: {response:?}");
+                        room::RoomInfo::decode(response.payload)?.room_id
+                    } else {
+                        format!("floor-{i}")
+                    };
+                    let request: Bytes = room::RoomRef { room_id }.encode_to_vec().into();
+                    anyhow::Ok((client, events, request))
+                }
+            });
+            for result in futures::future::join_all(opened).await {
+                let (client, e, request) = result?;
+                clients.push(client);
+                events.push(e);
+                requests.push(request);
+            }
+        }
+        Ok(Clients {
+            clients,
+            _events: events,
+            make: Arc::new(move |i| (routes::GET_PROPERTIES, requests[i].clone())),
+        })
+    }
+
+    pub(crate) async fn close(self) {
+        for client in &self.clients {
+            client.close().await;
+        }
+    }
+}
+
+/// One run's figures.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub(crate) struct Run {
+    pub(crate) p50_us: f64,
+    pub(crate) p99_us: f64,
+    pub(crate) throughput_per_s: f64,
+    pub(crate) cpu_us_per_op: f64,
+    pub(crate) failed: u64,
+    pub(crate) generator_behind: bool,
+}
+
+impl Run {
+    pub(crate) fn of(outcome: &Outcome, cpu_micros: u64) -> Self {
+        Run {
+            p50_us: outcome.latency_us(0.5),
+            p99_us: outcome.latency_us(0.99),
+            throughput_per_s: outcome.throughput_per_s(),
+            cpu_us_per_op: cpu_micros as f64 / outcome.completed.max(1) as f64,
+            failed: outcome.failed(),
+            generator_behind: outcome.generator_behind(),
+        }
+    }
+}
+
+/// Drives `clients` with `pace` for `duration`, charging the target's processes with CPU.
+pub(crate) async fn drive(
+    target: &Target,
+    clients: &Clients,
+    pace: Pace,
+    duration: Duration,
+) -> Run {
+    let cpu = CpuMeter::start(&target.pids);
+    let outcome = generator::drive(&clients.clients, pace, duration, clients.make.clone()).await;
+    Run::of(&outcome, cpu.elapsed_micros())
+}
+
+/// Everything measured in one closed-loop point.
+#[derive(Default)]
+struct Point {
+    runs: Vec<(Who, Run)>,
+}
+
+impl Point {
+    fn spread(&self, who: Who, figure: impl Fn(&Run) -> f64) -> Option<Spread> {
+        let values: Vec<f64> = self
+            .runs
+            .iter()
+            .filter(|(w, _)| *w == who)
+            .map(|(_, r)| figure(r))
+            .collect();
+        (!values.is_empty()).then(|| Spread::of(values))
+    }
+
+    fn compared(&self, figure: impl Fn(&Run) -> f64 + Copy) -> Compared {
+        Compared {
+            switchyard: self.spread(Who::Switchyard, figure),
+            go: self.spread(Who::Go, figure),
+            floor: self.spread(Who::Floor, figure),
+        }
+    }
+
+    fn failed(&self, who: Who) -> u64 {
+        self.runs
+            .iter()
+            .filter(|(w, _)| *w == who)
+            .map(|(_, r)| r.failed)
+            .sum()
+    }
+}
+
+/// `s3-round-trip` (closed loop and knee) or `s6-transport` (closed loop, TCP vs WebSocket).
+pub(crate) async fn run(args: RoundTripArgs, scenario: &'static str) -> anyhow::Result<()> {
+    let title = if scenario == "s6-transport" {
+        "TCP vs WebSocket: client → gateway → room server → client"
+    } else {
+        "command round trip: client → gateway → room server → client"
+    };
+    let mut report = Report::new(scenario, title, args.common.rounds);
+    let mut closed = Vec::new();
+    let mut knees = Vec::new();
+    for &flavor in &args.common.server_flavor {
+        let sw = Stack::switchyard(flavor, Services::Rooms).await?;
+        let go = Stack::go(&args.common.go_baseline, Services::Rooms).await?;
+        for &transport in &args.transports {
+            let floor = Floor::for_transport(transport, flavor)?;
+            let mut targets = vec![Target::stack(&sw, transport)];
+            targets.extend(go.iter().map(|go| Target::stack(go, transport)));
+            targets.push(Target::floor(&floor)?);
+            for &connections in &args.connections {
+                let point = closed_point(&targets, connections, &args).await?;
+                eprintln!("{flavor} {transport} {connections} connections: done");
+                closed.push((flavor, transport, connections, point));
+            }
+        }
+        if !args.knee_rates.is_empty() {
+            let floor = Floor::for_transport(Transport::Tcp, flavor)?;
+            let mut targets = vec![Target::stack(&sw, Transport::Tcp)];
+            targets.extend(go.iter().map(|go| Target::stack(go, Transport::Tcp)));
+            targets.push(Target::floor(&floor)?);
+            let knee = knee_point(&targets, &args).await?;
+            eprintln!("{flavor} knee: done");
+            knees.push((flavor, knee));
+        }
+    }
+    closed_tables(&mut report, &closed, &args);
+    knee_tables(&mut report, &knees, &args);
+    report.finish(&args.common.out)
+}
+
+/// One closed-loop point: every target, `rounds` times, in rotating order.
+async fn closed_point(
+    targets: &[Target],
+    connections: usize,
+    args: &RoundTripArgs,
+) -> anyhow::Result<Point> {
+    let mut point = Point::default();
+    let duration = Duration::from_millis(args.duration_ms);
+    let mut opened = Vec::new();
+    for (t, target) in targets.iter().enumerate() {
+        let clients = Clients::open(target, connections, &format!("rt{t}-{connections}")).await?;
+        // Warm-up: connections, allocator, caches.
+        drive(target, &clients, Pace::Closed, Duration::from_millis(300)).await;
+        opened.push(clients);
+    }
+    for round in 0..args.common.rounds {
+        for i in 0..targets.len() {
+            let t = (i + round) % targets.len();
+            let run = drive(&targets[t], &opened[t], Pace::Closed, duration).await;
+            point.runs.push((targets[t].who, run));
+        }
+    }
+    for clients in opened {
+        clients.close().await;
+    }
+    Ok(point)
+}
+
+fn closed_tables(
+    report: &mut Report,
+    closed: &[(RuntimeFlavor, Transport, usize, Point)],
+    args: &RoundTripArgs,
+) {
+    let mut columns = vec!["server runtime", "transport", "conns", "figure"];
+    columns.extend(COMPARED);
+    columns.push("note");
+    let table = report.table(
+        "Closed loop (one request in flight per connection)",
+        &columns,
+    );
+    let mut notes = Vec::new();
+    let figures: [Figure<Run>; 4] = [
+        ("p50 µs", |r| r.p50_us),
+        ("p99 µs", |r| r.p99_us),
+        ("req/s", |r| r.throughput_per_s),
+        ("server CPU µs/req", |r| r.cpu_us_per_op),
+    ];
+    for (flavor, transport, connections, point) in closed {
+        let floor_rate = point.spread(Who::Floor, |r| r.throughput_per_s);
+        for (name, figure) in figures {
+            let compared = point.compared(figure);
+            let mut note = String::new();
+            if name == "req/s" {
+                let bound = |s: Option<Spread>| matches!((s, floor_rate), (Some(s), Some(f)) if s.median >= GENERATOR_BOUND_SHARE * f.median);
+                if bound(compared.switchyard) || bound(compared.go) {
+                    note = "generator-bound (within 80% of the generator's rate against the bare echo)".into();
+                }
+                for who in [Who::Switchyard, Who::Go, Who::Floor] {
+                    let failed = point.failed(who);
+                    if failed > 0 {
+                        notes.push(format!(
+                            "{flavor} {transport} {connections} conns: {who:?} failed {failed} requests"
+                        ));
+                    }
+                }
+            }
+            let mut row = vec![text(flavor), text(transport), text(connections), text(name)];
+            row.extend(compared.cells());
+            row.push(text(note));
+            table.row(row);
+        }
+    }
+    // TCP vs WebSocket (S6): the same figures side by side.
+    let mut s6 = Vec::new();
+    for (flavor, transport, connections, point) in closed {
+        if *transport != Transport::Tcp {
+            continue;
+        }
+        let Some((.., ws)) = closed
+            .iter()
+            .find(|(f, t, c, _)| f == flavor && *t == Transport::Ws && c == connections)
+        else {
+            continue;
+        };
+        for who in [Who::Switchyard, Who::Go, Who::Floor] {
+            for (name, figure) in [
+                ("p50 µs", (|r: &Run| r.p50_us) as fn(&Run) -> f64),
+                ("req/s", |r| r.throughput_per_s),
+                ("server CPU µs/req", |r| r.cpu_us_per_op),
+            ] {
+                let (Some(tcp), Some(web)) = (point.spread(who, figure), ws.spread(who, figure))
+                else {
+                    continue;
+                };
+                s6.push(vec![
+                    text(flavor),
+                    text(format!("{who:?}")),
+                    text(connections),
+                    text(name),
+                    Cell::Spread(tcp),
+                    Cell::Spread(web),
+                    Cell::Ratio(Some(web.median / tcp.median)),
+                ]);
+            }
+        }
+    }
+    if !s6.is_empty() {
+        let table = report.table(
+            "TCP vs WebSocket (S6)",
+            &[
+                "server runtime",
+                "system",
+                "conns",
+                "figure",
+                "TCP",
+                "WebSocket",
+                "WebSocket / TCP",
+            ],
+        );
+        table.rows = s6;
+    }
+    // Targets: one-in-flight p50 ≤ 2× two loopback round trips; CPU per routed command.
+    for (flavor, transport, connections, point) in closed {
+        if *transport != Transport::Tcp {
+            continue;
+        }
+        if *connections == 1
+            && let (Some(sw), Some(floor)) = (
+                point.spread(Who::Switchyard, |r| r.p50_us),
+                point.spread(Who::Floor, |r| r.p50_us),
+            )
+        {
+            let two_trips = 2.0 * floor.median;
+            report.target(
+                format!("S3 one in flight p50 ≤ 2 × two loopback round trips ({flavor}, TCP)"),
+                format!(
+                    "{:.0} µs = {:.2} × two round trips ({:.0} µs, twice the bare TCP echo's p50)",
+                    sw.median,
+                    sw.median / two_trips,
+                    two_trips
+                ),
+                sw.median <= 2.0 * two_trips,
+            );
+        }
+        if *connections
+            == args
+                .connections
+                .iter()
+                .copied()
+                .filter(|c| *c > 1)
+                .min()
+                .unwrap_or(0)
+            && let Some(cpu) = point.spread(Who::Switchyard, |r| r.cpu_us_per_op)
+        {
+            report.target(
+                format!(
+                    "server CPU per routed command ≤ 33 µs ({flavor}, TCP, {connections} conns)"
+                ),
+                format!("{:.1} µs", cpu.median),
+                cpu.median <= 33.0,
+            );
+        }
+    }
+    for note in notes {
+        report.note(note);
+    }
+    report.note(
+        "floor: the same generator against a bare echo of the same transport (decodes each request envelope and answers it); server CPU counts the server processes only (Switchyard: gateway, login server, room server; Go: go-gateway, go-room).",
+    );
+}
+
+/// Open-loop knees of every target, `rounds` times, plus the p99 seen at each rate.
+struct KneePoint {
+    /// (who, round, rate, run)
+    steps: Vec<(Who, usize, f64, Run)>,
+    knees: Vec<(Who, f64)>,
+}
+
+async fn knee_point(targets: &[Target], args: &RoundTripArgs) -> anyhow::Result<KneePoint> {
+    let mut point = KneePoint {
+        steps: Vec::new(),
+        knees: Vec::new(),
+    };
+    let mut opened = Vec::new();
+    for (t, target) in targets.iter().enumerate() {
+        opened.push(Clients::open(target, args.knee_connections, &format!("knee{t}")).await?);
+    }
+    let step = Duration::from_millis(args.knee_step_ms);
+    for round in 0..args.common.rounds {
+        for i in 0..targets.len() {
+            let t = (i + round) % targets.len();
+            let mut knee = 0.0;
+            for &rate in &args.knee_rates {
+                let run = drive(
+                    &targets[t],
+                    &opened[t],
+                    Pace::Open { rate_per_s: rate },
+                    step,
+                )
+                .await;
+                point.steps.push((targets[t].who, round, rate, run));
+                let sustained = run.p99_us <= KNEE_P99.as_micros() as f64
+                    && run.failed == 0
+                    && !run.generator_behind;
+                if !sustained {
+                    break;
+                }
+                knee = rate;
+            }
+            point.knees.push((targets[t].who, knee));
+            // Let queues from an overloaded step drain before the next target.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    for clients in opened {
+        clients.close().await;
+    }
+    Ok(point)
+}
+
+/// The knee of one system over rounds.
+pub(crate) fn knee_spread(point_knees: &[(Who, f64)], who: Who) -> Option<Spread> {
+    let values: Vec<f64> = point_knees
+        .iter()
+        .filter(|(w, _)| *w == who)
+        .map(|(_, k)| *k)
+        .collect();
+    (!values.is_empty()).then(|| Spread::of(values))
+}
+
+fn knee_tables(report: &mut Report, knees: &[(RuntimeFlavor, KneePoint)], args: &RoundTripArgs) {
+    if knees.is_empty() {
+        return;
+    }
+    let mut columns = vec!["server runtime", "figure"];
+    columns.extend(COMPARED);
+    columns.push("note");
+    let table = report.table(
+        format!(
+            "Open loop over TCP, {} connections: the knee (highest rate with p99 ≤ 5 ms, no errors, generator on schedule)",
+            args.knee_connections
+        ),
+        &columns,
+    );
+    let top = args.knee_rates.iter().copied().fold(0.0, f64::max);
+    for (flavor, point) in knees {
+        let compared = Compared {
+            switchyard: knee_spread(&point.knees, Who::Switchyard),
+            go: knee_spread(&point.knees, Who::Go),
+            floor: knee_spread(&point.knees, Who::Floor),
+        };
+        let floor_knee = compared.floor.map_or(0.0, |f| f.median);
+        let mut note = String::new();
+        if floor_knee < top
+            && [compared.switchyard, compared.go]
+                .iter()
+                .flatten()
+                .any(|s| s.median >= floor_knee)
+        {
+            note = "generator-bound: the generator's own knee against the bare echo is no higher"
+                .into();
+        } else if [compared.switchyard, compared.go]
+            .iter()
+            .flatten()
+            .any(|s| s.median >= top)
+        {
+            note = format!("at the highest rate tried ({top:.0}/s): try higher --knee-rates");
+        }
+        let mut row = vec![text(flavor), text("knee, req/s")];
+        row.extend(compared.cells());
+        row.push(text(note));
+        table.row(row);
+    }
+    // The curve: p99 at each rate (rounds that reached the rate).
+    let mut columns = vec!["server runtime", "rate/s", "figure"];
+    columns.extend(COMPARED);
+    let table = report.table("Open loop over TCP: latency at each rate", &columns);
+    for (flavor, point) in knees {
+        for &rate in &args.knee_rates {
+            for (name, figure) in [
+                ("p50 µs", (|r: &Run| r.p50_us) as fn(&Run) -> f64),
+                ("p99 µs", |r| r.p99_us),
+                ("req/s done", |r| r.throughput_per_s),
+            ] {
+                let spread = |who: Who| {
+                    let values: Vec<f64> = point
+                        .steps
+                        .iter()
+                        .filter(|(w, _, r, _)| *w == who && *r == rate)
+                        .map(|(.., run)| figure(run))
+                        .collect();
+                    (!values.is_empty()).then(|| Spread::of(values))
+                };
+                let compared = Compared {
+                    switchyard: spread(Who::Switchyard),
+                    go: spread(Who::Go),
+                    floor: spread(Who::Floor),
+                };
+                if compared.switchyard.is_none() && compared.go.is_none() {
+                    continue;
+                }
+                let mut row = vec![text(flavor), text(rate), text(name)];
+                row.extend(compared.cells());
+                table.row(row);
+            }
+        }
+    }
+}
+
+/// Finds one system's knee once (used by the churn scenario to pick half of it).
+pub(crate) async fn find_knee(
+    target: &Target,
+    connections: usize,
+    rates: &[f64],
+    step: Duration,
+) -> anyhow::Result<f64> {
+    let clients = Clients::open(target, connections, "knee-probe").await?;
+    let mut knee = 0.0;
+    for &rate in rates {
+        let run = drive(target, &clients, Pace::Open { rate_per_s: rate }, step).await;
+        if run.p99_us > KNEE_P99.as_micros() as f64 || run.failed > 0 || run.generator_behind {
+            break;
+        }
+        knee = rate;
+    }
+    clients.close().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Ok(knee)
+}
+
+/// Options of `s0-floor`.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct FloorArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Connection counts (closed loop).
+    #[arg(long, value_delimiter = ',', default_value = "1,100")]
+    connections: Vec<usize>,
+    /// Length of each run, in milliseconds.
+    #[arg(long, default_value_t = 2_000)]
+    duration_ms: u64,
+}
+
+/// `s0-floor`: the bare round trips every other figure is compared with, and the generator's
+/// own ceiling: bare TCP echo, bare WebSocket echo (both driven by the load generator) and a
+/// bare tonic unary call.
+pub(crate) async fn run_floor(args: FloorArgs) -> anyhow::Result<()> {
+    let mut report = Report::new(
+        "s0-floor",
+        "floors: bare TCP echo, bare WebSocket echo, bare tonic unary",
+        args.common.rounds,
+    );
+    let duration = Duration::from_millis(args.duration_ms);
+    let mut rows = Vec::new();
+    for &flavor in &args.common.server_flavor {
+        let floors = [
+            Floor::start(FloorKind::Tcp, flavor)?,
+            Floor::start(FloorKind::Ws, flavor)?,
+            Floor::start(FloorKind::Tonic, flavor)?,
+        ];
+        for &connections in &args.connections {
+            let mut runs: Vec<(FloorKind, Run)> = Vec::new();
+            let mut clients = Vec::new();
+            for floor in &floors[..2] {
+                let target = Target::floor(floor)?;
+                let opened = Clients::open(&target, connections, "floor").await?;
+                drive(&target, &opened, Pace::Closed, Duration::from_millis(300)).await;
+                clients.push((target, opened));
+            }
+            let tonic = tonic_clients(&floors[2], connections).await?;
+            tonic_drive(&floors[2], &tonic, Duration::from_millis(300)).await?;
+            for round in 0..args.common.rounds {
+                for i in 0..3 {
+                    let which = (i + round) % 3;
+                    let run = if which < 2 {
+                        let (target, opened) = &clients[which];
+                        drive(target, opened, Pace::Closed, duration).await
+                    } else {
+                        tonic_drive(&floors[2], &tonic, duration).await?
+                    };
+                    runs.push((floors[which].kind, run));
+                }
+            }
+            for (_, opened) in clients {
+                opened.close().await;
+            }
+            rows.push((flavor, connections, runs));
+        }
+    }
+    let table = report.table(
+        "Closed loop, one request in flight per connection",
+        &[
+            "server runtime",
+            "floor",
+            "conns",
+            "p50 µs",
+            "p99 µs",
+            "req/s",
+            "server CPU µs/req",
+        ],
+    );
+    for (flavor, connections, runs) in &rows {
+        for kind in [FloorKind::Tcp, FloorKind::Ws, FloorKind::Tonic] {
+            let mine: Vec<&Run> = runs
+                .iter()
+                .filter(|(k, _)| *k == kind)
+                .map(|(_, r)| r)
+                .collect();
+            table.row(vec![
+                text(flavor),
+                text(kind),
+                text(connections),
+                Cell::Spread(Spread::of(mine.iter().map(|r| r.p50_us))),
+                Cell::Spread(Spread::of(mine.iter().map(|r| r.p99_us))),
+                Cell::Spread(Spread::of(mine.iter().map(|r| r.throughput_per_s))),
+                Cell::Spread(Spread::of(mine.iter().map(|r| r.cpu_us_per_op))),
+            ]);
+        }
+    }
+    report.note("The bare TCP and WebSocket echoes are driven by the same load generator as every scenario (client-sim's engine over the client library): their rates are the generator's ceiling on this machine, and results near them are marked generator-bound elsewhere.");
+    report.note("Switchyard and Go have no rows here: this scenario is the floor the others are divided by.");
+    report.finish(&args.common.out)
+}
+
+async fn tonic_clients(
+    floor: &Floor,
+    connections: usize,
+) -> anyhow::Result<Vec<MeshClient<tonic::transport::Channel>>> {
+    let mut clients = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let channel = Endpoint::from_shared(format!("http://{}", floor.addr))?
+            .tcp_nodelay(true)
+            .connect()
+            .await?;
+        clients.push(MeshClient::new(channel));
+    }
+    Ok(clients)
+}
+
+/// Closed loop over tonic unary calls, one in flight per channel.
+async fn tonic_drive(
+    floor: &Floor,
+    clients: &[MeshClient<tonic::transport::Channel>],
+    duration: Duration,
+) -> anyhow::Result<Run> {
+    let cpu = CpuMeter::start(&[floor.pid()]);
+    let started = Instant::now();
+    let tasks: Vec<_> = clients
+        .iter()
+        .map(|client| {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                let mut h = histogram();
+                let mut n = 0u64;
+                let stop_at = Instant::now() + duration;
+                while Instant::now() < stop_at {
+                    let t = Instant::now();
+                    client
+                        .call(MeshRequest {
+                            command: mesh::command::PING,
+                            from_node: String::new(),
+                            payload: Bytes::from_static(&[7; 32]),
+                        })
+                        .await?;
+                    h.saturating_record(t.elapsed().as_nanos() as u64);
+                    n += 1;
+                }
+                anyhow::Ok((h, n))
+            })
+        })
+        .collect();
+    let mut all = histogram();
+    let mut completed = 0;
+    for task in tasks {
+        let (h, n) = task.await??;
+        all.add(&h)?;
+        completed += n;
+    }
+    let elapsed = started.elapsed();
+    Ok(Run {
+        p50_us: all.value_at_quantile(0.5) as f64 / 1000.0,
+        p99_us: all.value_at_quantile(0.99) as f64 / 1000.0,
+        throughput_per_s: completed as f64 / elapsed.as_secs_f64(),
+        cpu_us_per_op: cpu.elapsed_micros() as f64 / completed.max(1) as f64,
+        failed: 0,
+        generator_behind: false,
+    })
+}

@@ -1,0 +1,380 @@
+//! Many connections from several generator processes, and scenario `s1-connect-storm`.
+//!
+//! One process may hold about 20,000 sockets on these machines, so a swarm is split over
+//! generator processes (the hidden `swarm` subcommand), each connecting from its own source
+//! address (`127.0.0.2`, `127.0.0.3`, …) so no address runs out of ephemeral ports. The parent
+//! tells them when to connect (`CONNECT`) and to let go (`CLOSE`) over stdin; each answers with
+//! one JSON line.
+
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use clap::Args;
+use client::{Address, Client};
+use runtime::RuntimeFlavor;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+
+use crate::{
+    Common,
+    child::ChildProcess,
+    procfs::CpuMeter,
+    report::{COMPARED, Compared, Figure, Report, text},
+    stack::{Floor, Services, Stack, Transport, client_config, login},
+    stats::{Spread, histogram},
+};
+
+/// Options of the hidden `swarm` subcommand.
+#[derive(Args, Debug)]
+pub(crate) struct SwarmArgs {
+    /// `ws://…` or `tcp://…`.
+    #[arg(long)]
+    address: String,
+    /// Connections to make.
+    #[arg(long)]
+    count: usize,
+    /// Source address of every connection.
+    #[arg(long)]
+    source: IpAddr,
+    /// User id prefix.
+    #[arg(long)]
+    prefix: String,
+    /// Connects in flight at once.
+    #[arg(long, default_value_t = 512)]
+    concurrency: usize,
+}
+
+/// What a generator process reports after `CONNECT`.
+#[derive(Serialize, Deserialize, Debug, Default)]
+struct Connected {
+    /// Connect + upgrade + login latency of each success, microseconds.
+    latencies_us: Vec<u64>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+/// The hidden `swarm` subcommand: one generator process.
+#[allow(clippy::print_stdout)] // stdout is the protocol with the parent
+pub(crate) async fn serve(args: SwarmArgs) -> anyhow::Result<()> {
+    let address = if let Some(tcp) = args.address.strip_prefix("tcp://") {
+        Address::Tcp(tcp.parse()?)
+    } else {
+        Address::WebSocket(args.address.clone())
+    };
+    let mut config = client_config();
+    config.local_ip = Some(args.source);
+    config.event_buffer = 8;
+    println!("READY");
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(tokio::io::stdin()));
+    let mut clients: Vec<(Client, client::Events)> = Vec::new();
+    while let Some(line) = lines.next_line().await? {
+        match line.trim() {
+            "CONNECT" => {
+                let limit = Arc::new(Semaphore::new(args.concurrency.max(1)));
+                let tasks: Vec<_> = (0..args.count)
+                    .map(|i| {
+                        let (address, config, limit) =
+                            (address.clone(), config.clone(), limit.clone());
+                        let user = format!("{}-{i}", args.prefix);
+                        tokio::spawn(async move {
+                            let _permit = limit.acquire_owned().await;
+                            let started = Instant::now();
+                            login(&address, &config, &user)
+                                .await
+                                .map(|c| (c, started.elapsed()))
+                        })
+                    })
+                    .collect();
+                let mut report = Connected::default();
+                for task in tasks {
+                    match task.await? {
+                        Ok((client, latency)) => {
+                            report.latencies_us.push(latency.as_micros() as u64);
+                            clients.push(client);
+                        }
+                        Err(error) => {
+                            report.errors += 1;
+                            report.first_error.get_or_insert_with(|| error.to_string());
+                        }
+                    }
+                }
+                println!("{}", serde_json::to_string(&report)?);
+            }
+            "CLOSE" => {
+                for (client, _) in clients.drain(..) {
+                    client.close().await;
+                }
+                println!("{{}}");
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Connections held by generator processes.
+pub(crate) struct Swarm {
+    generators: Vec<ChildProcess>,
+}
+
+/// What connecting a swarm measured.
+pub(crate) struct SwarmConnect {
+    pub(crate) connected: u64,
+    pub(crate) errors: u64,
+    pub(crate) first_error: Option<String>,
+    pub(crate) elapsed: Duration,
+    pub(crate) p50_us: f64,
+    pub(crate) p99_us: f64,
+}
+
+impl Swarm {
+    /// Starts generator processes for `sessions` connections to `address`, at most
+    /// `per_process` each, each from its own 127.0.0.x.
+    pub(crate) fn start(
+        address: &Address,
+        sessions: usize,
+        per_process: usize,
+        prefix: &str,
+    ) -> anyhow::Result<Self> {
+        let processes = sessions.div_ceil(per_process.max(1)).max(1);
+        let address = match address {
+            Address::Tcp(addr) => format!("tcp://{addr}"),
+            Address::WebSocket(url) => url.clone(),
+        };
+        let mut generators = Vec::with_capacity(processes);
+        for g in 0..processes {
+            let count = sessions / processes + usize::from(g < sessions % processes);
+            let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + g as u8));
+            generators.push(ChildProcess::spawn(&[
+                "--flavor",
+                RuntimeFlavor::MultiThread.as_arg(),
+                "swarm",
+                "--address",
+                &address,
+                "--count",
+                &count.to_string(),
+                "--source",
+                &source.to_string(),
+                "--prefix",
+                &format!("{prefix}-g{g}"),
+            ])?);
+        }
+        Ok(Swarm { generators })
+    }
+
+    /// Connects every generator's share at once; returns when all are connected.
+    pub(crate) async fn connect(&mut self) -> anyhow::Result<SwarmConnect> {
+        let started = Instant::now();
+        for generator in &mut self.generators {
+            generator.send("CONNECT")?;
+        }
+        let mut all = histogram();
+        let mut result = SwarmConnect {
+            connected: 0,
+            errors: 0,
+            first_error: None,
+            elapsed: Duration::ZERO,
+            p50_us: 0.0,
+            p99_us: 0.0,
+        };
+        for generator in &mut self.generators {
+            let line = generator.read_line()?;
+            let connected: Connected =
+                serde_json::from_str(&line).with_context(|| format!("generator said {line:?}"))?;
+            for us in &connected.latencies_us {
+                all.saturating_record(us * 1000);
+            }
+            result.connected += connected.latencies_us.len() as u64;
+            result.errors += connected.errors;
+            if result.first_error.is_none() {
+                result.first_error = connected.first_error;
+            }
+        }
+        result.elapsed = started.elapsed();
+        result.p50_us = all.value_at_quantile(0.5) as f64 / 1000.0;
+        result.p99_us = all.value_at_quantile(0.99) as f64 / 1000.0;
+        Ok(result)
+    }
+
+    /// Closes every connection (clean close) and waits until the generators did.
+    pub(crate) fn close(mut self) -> anyhow::Result<()> {
+        for generator in &mut self.generators {
+            generator.send("CLOSE")?;
+        }
+        for generator in &mut self.generators {
+            generator.read_line()?;
+        }
+        Ok(())
+    }
+}
+
+/// Options of `s1-connect-storm`.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct StormArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Connections in the storm.
+    #[arg(long, default_value_t = 10_000)]
+    sessions: usize,
+    /// Most connections per generator process (each process has its own source address).
+    #[arg(long, default_value_t = 5_000)]
+    per_process: usize,
+    /// Client transport.
+    #[arg(long, value_enum, default_value_t = Transport::Ws)]
+    transport: Transport,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Who {
+    Switchyard,
+    Go,
+    Floor,
+}
+
+struct StormRun {
+    per_s: f64,
+    p50_us: f64,
+    p99_us: f64,
+    cpu_us: f64,
+    errors: u64,
+}
+
+/// `s1-connect-storm`: `sessions` clients connect, upgrade and log in at once (fresh servers
+/// every round).
+pub(crate) async fn run_storm(args: StormArgs) -> anyhow::Result<()> {
+    let mut report = Report::new(
+        "s1-connect-storm",
+        format!(
+            "connect storm: {} × (connect + {} + login)",
+            args.sessions,
+            if args.transport == Transport::Ws {
+                "upgrade"
+            } else {
+                "TCP"
+            }
+        ),
+        args.common.rounds,
+    );
+    let mut results: Vec<(RuntimeFlavor, Who, StormRun)> = Vec::new();
+    let mut first_errors = Vec::new();
+    let go_present = args.common.go_baseline.join("go-gateway").exists();
+    for round in 0..args.common.rounds {
+        for &flavor in &args.common.server_flavor {
+            let mut order = vec![Who::Switchyard, Who::Floor];
+            if go_present {
+                order.insert(1, Who::Go);
+            }
+            let n = order.len();
+            order.rotate_left(round % n);
+            for who in order {
+                let run = storm_once(&args, flavor, who, round, &mut first_errors).await?;
+                results.push((flavor, who, run));
+            }
+        }
+        eprintln!("round {}/{} done", round + 1, args.common.rounds);
+    }
+    let mut columns = vec!["server runtime", "figure"];
+    columns.extend(COMPARED);
+    let table = report.table(
+        format!(
+            "{} connections over {} from {} generator processes",
+            args.sessions,
+            args.transport,
+            args.sessions.div_ceil(args.per_process.max(1))
+        ),
+        &columns,
+    );
+    let figures: [Figure<StormRun>; 5] = [
+        ("sessions/s", |r| r.per_s),
+        ("connect+login p50 ms", |r| r.p50_us / 1000.0),
+        ("connect+login p99 ms", |r| r.p99_us / 1000.0),
+        ("server CPU µs per session", |r| r.cpu_us),
+        ("failed", |r| r.errors as f64),
+    ];
+    for &flavor in &args.common.server_flavor {
+        for (name, figure) in figures {
+            let spread = |who: Who| {
+                let v: Vec<f64> = results
+                    .iter()
+                    .filter(|(f, w, _)| *f == flavor && *w == who)
+                    .map(|(.., r)| figure(r))
+                    .collect();
+                (!v.is_empty()).then(|| Spread::of(v))
+            };
+            let compared = Compared {
+                switchyard: spread(Who::Switchyard),
+                go: spread(Who::Go),
+                floor: spread(Who::Floor),
+            };
+            let mut row = vec![text(flavor), text(name)];
+            row.extend(compared.cells());
+            table.row(row);
+        }
+    }
+    report.note("floor: a bare WebSocket (or TCP) echo server; its \"login\" is one echoed round trip. Go's runtime does not change with the Switchyard server runtime.");
+    for error in first_errors {
+        report.note(format!("first error: {error}"));
+    }
+    report.finish(&args.common.out)
+}
+
+async fn storm_once(
+    args: &StormArgs,
+    flavor: RuntimeFlavor,
+    who: Who,
+    round: usize,
+    first_errors: &mut Vec<String>,
+) -> anyhow::Result<StormRun> {
+    // Fresh servers every round, so every storm meets an empty gateway.
+    let (address, pids, _stack, _floor) = match who {
+        Who::Switchyard => {
+            let stack = Stack::switchyard(flavor, Services::Rooms).await?;
+            (
+                stack.address(args.transport),
+                stack.pids.clone(),
+                Some(stack),
+                None,
+            )
+        }
+        Who::Go => {
+            let stack = Stack::go(&args.common.go_baseline, Services::Rooms)
+                .await?
+                .context("no Go baseline")?;
+            (
+                stack.address(args.transport),
+                stack.pids.clone(),
+                Some(stack),
+                None,
+            )
+        }
+        Who::Floor => {
+            let floor = Floor::for_transport(args.transport, flavor)?;
+            (floor.address()?, vec![floor.pid()], None, Some(floor))
+        }
+    };
+    let mut swarm = Swarm::start(
+        &address,
+        args.sessions,
+        args.per_process,
+        &format!("storm{round}"),
+    )?;
+    let cpu = CpuMeter::start(&pids);
+    let connected = swarm.connect().await?;
+    let cpu_micros = cpu.elapsed_micros();
+    if let Some(error) = &connected.first_error {
+        first_errors.push(format!("{who:?} ({flavor}): {error}"));
+    }
+    swarm.close()?;
+    Ok(StormRun {
+        per_s: connected.connected as f64 / connected.elapsed.as_secs_f64(),
+        p50_us: connected.p50_us,
+        p99_us: connected.p99_us,
+        cpu_us: cpu_micros as f64 / connected.connected.max(1) as f64,
+        errors: connected.errors,
+    })
+}
