@@ -50,8 +50,8 @@ pub(crate) struct RoundTripArgs {
     /// Length of each closed-loop run, in milliseconds.
     #[arg(long, default_value_t = 2_000)]
     pub(crate) duration_ms: u64,
-    /// Open-loop rates (requests per second in all) tried in order to find the knee; empty:
-    /// no knee.
+    /// Open-loop rates (requests per second in all) tried in order to find the knee
+    /// (`s3-round-trip` only).
     #[arg(
         long,
         value_delimiter = ',',
@@ -261,7 +261,8 @@ pub(crate) async fn run(args: RoundTripArgs, scenario: &'static str) -> anyhow::
                 closed.push((flavor, transport, connections, point));
             }
         }
-        if !args.knee_rates.is_empty() {
+        // S6 is the transport comparison alone; S3 also finds the knee.
+        if scenario == "s3-round-trip" && !args.knee_rates.is_empty() {
             let floor = Floor::for_transport(Transport::Tcp, flavor)?;
             let mut targets = vec![Target::stack(&sw, Transport::Tcp)];
             targets.extend(go.iter().map(|go| Target::stack(go, Transport::Tcp)));
