@@ -10,9 +10,11 @@ use mesh::{
     membership::{GossipMembership, Membership},
 };
 use tokio::net::{TcpListener, UdpSocket};
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tonic::service::{Routes, interceptor::InterceptedService};
+use tonic::{
+    service::{Routes, interceptor::InterceptedService},
+    transport::server::TcpIncoming,
+};
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tracing::{info, warn};
 
@@ -241,10 +243,15 @@ impl Node {
 
     fn spawn_servers(&self, grpc: TcpListener, admin: TcpListener, routes: Routes) {
         let stop = self.stop.clone();
+        // Nagle off on every accepted connection, as on the channels that call it: a response
+        // written in more than one piece (headers, data, trailers) must not wait for the
+        // peer's delayed ACK (40 ms). `Server::tcp_nodelay` does not apply to an incoming
+        // stream of our own listener.
+        let incoming = TcpIncoming::from(grpc).with_nodelay(Some(true));
         self.tracker.spawn(async move {
             let served = tonic::transport::Server::builder()
                 .add_routes(routes)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stop.cancelled_owned())
+                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
                 .await;
             if let Err(error) = served {
                 warn!(%error, "gRPC server stopped");
