@@ -6,14 +6,11 @@ use std::{net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 use bytes::Bytes;
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use prost::Message;
-use tokio::{sync::mpsc, time::Instant};
+use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span};
 use wire::{Envelope, ErrorCode, FrameError, Kind, envelope};
 
-use crate::{
-    gateway::Gateway,
-    session::{Outbound, Session},
-};
+use crate::{gateway::Gateway, outbox::Outbound, session::Session};
 
 /// Incoming frame bodies of one connection.
 pub(crate) type FrameStream = Pin<Box<dyn Stream<Item = Result<Bytes, FrameError>> + Send>>;
@@ -56,12 +53,12 @@ pub(crate) async fn serve(
     ::metrics::counter!(crate::metrics::CONNECTIONS, "transport" => transport, "outcome" => "accepted").increment(1);
     let id = gateway.sessions.next_id();
     let span = info_span!("session", node = %gateway.node_id, session = id, %peer, transport, user = tracing::field::Empty);
-    let (session, outbound) = Session::new(id, &gateway.limits.session, span.clone());
+    let session = Session::new(id, &gateway.limits.session, span.clone());
     async {
         let count = gateway.sessions.insert(session.clone());
         gateway.sessions_changed(count);
         debug!("session opened");
-        let writer = tokio::spawn(write_loop(sink, outbound, session.clone()).in_current_span());
+        let writer = tokio::spawn(write_loop(sink, session.clone()).in_current_span());
         read_loop(&gateway, &session, stream).await;
         let count = gateway.sessions.remove(&session);
         gateway.sessions_changed(count);
@@ -195,11 +192,14 @@ async fn dispatch(gateway: &Arc<Gateway>, session: &Arc<Session>, request: Envel
 }
 
 /// Writes the session's queue to the socket, batching what is queued between flushes.
-async fn write_loop(
-    mut sink: FrameSink,
-    mut outbound: mpsc::Receiver<Outbound>,
-    session: Arc<Session>,
-) {
+async fn write_loop(sink: FrameSink, session: Arc<Session>) {
+    write_queue(sink, &session).await;
+    // Whatever ended the writer, nothing more is queued for this connection.
+    session.outbox().close();
+}
+
+async fn write_queue(mut sink: FrameSink, session: &Session) {
+    let outbound = session.outbox();
     loop {
         let item = tokio::select! {
             biased;
@@ -207,13 +207,13 @@ async fn write_loop(
             item = outbound.recv() => item,
         };
         let frame = match item {
-            Some(Outbound::Frame(frame)) => frame,
-            Some(Outbound::Close) | None => break,
+            Outbound::Frame(frame) => frame,
+            Outbound::Close => break,
         };
         let mut close = false;
         let written = async {
             sink.feed(frame).await?;
-            while let Ok(next) = outbound.try_recv() {
+            while let Some(next) = outbound.try_recv() {
                 match next {
                     Outbound::Frame(frame) => sink.feed(frame).await?,
                     Outbound::Close => {

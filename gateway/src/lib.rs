@@ -7,7 +7,7 @@
 //! - `transport`: accept loops for WebSocket (`/ws`) and TCP.
 //! - `connection`: one connection: reader (frames, heartbeats, idle timeout, bounded requests in
 //!   flight) and writer (bounded queue, batching, slow-client cut-off).
-//! - `session`: a session's state, outbound queue, pushes, kicks. `sessions`: the table and the
+//! - `session`: a session's state, pushes, kicks; `outbox`: its bounded outbound queue. `sessions`: the table and the
 //!   user index.
 //! - `gateway`: shared state and the request path (route, call the logic node, apply login,
 //!   "me" bindings and attributes, answer); drain.
@@ -19,6 +19,7 @@ mod binding;
 mod connection;
 mod gateway;
 pub mod metrics;
+mod outbox;
 mod router;
 mod service;
 mod session;

@@ -14,25 +14,19 @@ use bytes::Bytes;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use mesh::NodeId;
 use proto::logic::v1::BindMode;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 use wire::{Envelope, ErrorCode, envelope};
 
-use crate::binding::{self, Binding};
+use crate::{
+    binding::{self, Binding},
+    outbox::{Outbound, Outbox, Refused},
+};
 
 /// Most attributes a session holds, and the largest key and value.
 const MAX_ATTRIBUTES: usize = 64;
 const MAX_ATTRIBUTE_BYTES: usize = 1024;
-
-/// What the writer task sends.
-#[derive(Debug)]
-pub(crate) enum Outbound {
-    /// One encoded envelope.
-    Frame(Bytes),
-    /// Close the connection after the frames before this one.
-    Close,
-}
 
 /// Per-session limits.
 #[derive(Clone, Debug)]
@@ -57,7 +51,7 @@ pub(crate) struct SessionState {
 /// One connected client.
 pub(crate) struct Session {
     pub(crate) id: u64,
-    outbound: mpsc::Sender<Outbound>,
+    outbound: Outbox,
     state: Mutex<SessionState>,
     /// Push sequence counter; held while enqueueing so sequence order is queue order.
     push_seq: Mutex<u64>,
@@ -76,12 +70,8 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    pub(crate) fn new(
-        id: u64,
-        limits: &SessionLimits,
-        span: tracing::Span,
-    ) -> (Arc<Session>, mpsc::Receiver<Outbound>) {
-        let (outbound, rx) = mpsc::channel(limits.outbound_queue.max(2));
+    pub(crate) fn new(id: u64, limits: &SessionLimits, span: tracing::Span) -> Arc<Session> {
+        let outbound = Outbox::new(limits.outbound_queue.max(2));
         let limiter = limits
             .rate
             .map(|(rate, burst)| RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)));
@@ -99,7 +89,12 @@ impl Session {
             span,
         };
         live_objects_changed(1);
-        (Arc::new(session), rx)
+        Arc::new(session)
+    }
+
+    /// The outbound queue (read by the connection's writer task only).
+    pub(crate) fn outbox(&self) -> &Outbox {
+        &self.outbound
     }
 
     pub(crate) fn state(&self) -> MutexGuard<'_, SessionState> {
@@ -120,11 +115,11 @@ impl Session {
     fn send_frame(&self, frame: Bytes) -> bool {
         match self.outbound.try_send(Outbound::Frame(frame)) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(Refused::Full) => {
                 self.drop_slow_consumer();
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(Refused::Closed) => false,
         }
     }
 

@@ -5,11 +5,14 @@ use tungstenite::{Message, error::CapacityError, protocol::WebSocketConfig};
 
 use crate::FrameError;
 
-/// WebSocket settings for a frame limit of `max_frame` bytes. The read buffer is 4 KiB, not
-/// tungstenite's 128 KiB default: an idle connection then costs a few KiB instead of ~135 KiB.
+/// WebSocket settings for a frame limit of `max_frame` bytes. The read buffer is 2 KiB, not
+/// tungstenite's 128 KiB default: tungstenite zero-fills the whole read buffer before every
+/// read, so all of it stays resident for every connection, idle or not. 2 KiB takes a typical
+/// game message in one read; larger messages still arrive whole, over more reads. (4 KiB cost
+/// about 2 KiB more per idle session in `bench s2-idle-memory`.)
 pub fn config(max_frame: usize) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(4096)
+        .read_buffer_size(2048)
         .write_buffer_size(8192)
         .max_message_size(Some(max_frame))
         .max_frame_size(Some(max_frame))
