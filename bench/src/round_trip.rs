@@ -462,7 +462,10 @@ async fn knee_point(targets: &[Target], args: &RoundTripArgs) -> anyhow::Result<
     };
     let mut opened = Vec::new();
     for (t, target) in targets.iter().enumerate() {
-        opened.push(Clients::open(target, args.knee_connections, &format!("knee{t}")).await?);
+        let clients = Clients::open(target, args.knee_connections, &format!("knee{t}")).await?;
+        // Warm-up (connections, caches), not counted.
+        drive(target, &clients, Pace::Closed, Duration::from_millis(300)).await;
+        opened.push(clients);
     }
     let step = Duration::from_millis(args.knee_step_ms);
     for round in 0..args.common.rounds {
@@ -594,6 +597,8 @@ pub(crate) async fn find_knee(
     step: Duration,
 ) -> anyhow::Result<f64> {
     let clients = Clients::open(target, connections, "knee-probe").await?;
+    // Warm-up (connections, caches), not counted.
+    drive(target, &clients, Pace::Closed, Duration::from_millis(300)).await;
     let mut knee = 0.0;
     for &rate in rates {
         let run = drive(target, &clients, Pace::Open { rate_per_s: rate }, step).await;
