@@ -22,10 +22,9 @@ use runtime::RuntimeFlavor;
 
 use crate::{
     Common,
-    report::{COMPARED, Compared, Figure, Report, text},
-    round_trip::{Clients, Run, Target, Who, drive, find_knee},
+    report::{COMPARED, Figure, Report, Who, of_flavor, text},
+    round_trip::{Clients, Run, Target, drive, find_knee},
     stack::{Services, Stack, Transport, client_config, login},
-    stats::Spread,
 };
 
 /// Options of `s7-churn`.
@@ -151,24 +150,7 @@ pub(crate) async fn run(args: ChurnArgs) -> anyhow::Result<()> {
         }),
     ];
     for &flavor in &args.common.server_flavor {
-        for (name, figure) in figures {
-            let spread = |who: Who| {
-                let v: Vec<f64> = runs
-                    .iter()
-                    .filter(|(f, w, _)| *f == flavor && *w == who)
-                    .map(|(.., r)| figure(r))
-                    .collect();
-                (!v.is_empty()).then(|| Spread::of(v))
-            };
-            let compared = Compared {
-                switchyard: spread(Who::Switchyard),
-                go: spread(Who::Go),
-                floor: None,
-            };
-            let mut row = vec![text(flavor), text(name)];
-            row.extend(compared.cells());
-            table.row(row);
-        }
+        table.compared_rows(&[text(flavor)], &of_flavor(&runs, flavor), &figures);
     }
     let table = report.table(
         "What the Switchyard gateway holds once every client has left",

@@ -24,9 +24,9 @@ use serde::Serialize;
 use crate::{
     Common,
     procfs::CpuMeter,
-    report::{COMPARED, Compared, Figure, Report, text},
-    stack::{Services, Stack, System, Transport, login},
-    stats::{Spread, histogram},
+    report::{COMPARED, Compared, Figure, Report, Who, text},
+    stack::{Services, Stack, Transport, login},
+    stats::histogram,
 };
 
 /// Options of `s4-fanout`.
@@ -70,7 +70,7 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         ),
         args.common.rounds,
     );
-    let mut runs: Vec<(RuntimeFlavor, System, usize, u64, Run)> = Vec::new();
+    let mut runs: Vec<(RuntimeFlavor, Who, usize, u64, Run)> = Vec::new();
     let mut group = 0u64;
     for &flavor in &args.common.server_flavor {
         let mut stacks = vec![Stack::switchyard(flavor, Services::Rooms).await?];
@@ -110,31 +110,16 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     for &flavor in &args.common.server_flavor {
         for &size in &args.sizes {
             for &hz in &args.hz {
-                for (name, figure) in figures {
-                    let spread = |system: System| {
-                        let v: Vec<f64> = runs
-                            .iter()
-                            .filter(|r| {
-                                r.0 == flavor && r.1 == system && r.2 == size && r.3 == hz.to_bits()
-                            })
-                            .map(|r| figure(&r.4))
-                            .collect();
-                        (!v.is_empty()).then(|| Spread::of(v))
-                    };
-                    let compared = Compared {
-                        switchyard: spread(System::Switchyard),
-                        go: spread(System::Go),
-                        floor: None,
-                    };
-                    if name == "deliveries per server core-s"
-                        && let Some(sw) = compared.switchyard
-                        && best_per_core.is_none_or(|b| sw.median > b.0)
-                    {
-                        best_per_core = Some((sw.median, size, hz, flavor));
-                    }
-                    let mut row = vec![text(flavor), text(size), text(hz), text(name)];
-                    row.extend(compared.cells());
-                    table.row(row);
+                let mine: Vec<(Who, &Run)> = runs
+                    .iter()
+                    .filter(|r| r.0 == flavor && r.2 == size && r.3 == hz.to_bits())
+                    .map(|r| (r.1, &r.4))
+                    .collect();
+                table.compared_rows(&[text(flavor), text(size), text(hz)], &mine, &figures);
+                if let Some(sw) = Compared::of(&mine, |r| r.deliveries_per_core_s).switchyard
+                    && best_per_core.is_none_or(|b| sw.median > b.0)
+                {
+                    best_per_core = Some((sw.median, size, hz, flavor));
                 }
                 let expected = runs
                     .iter()

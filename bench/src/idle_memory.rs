@@ -5,16 +5,14 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Args;
 use runtime::RuntimeFlavor;
 
 use crate::{
     Common,
     procfs::rss_kib,
-    report::{COMPARED, Compared, Report, text},
-    stack::{Floor, Services, Stack, Transport},
-    stats::Spread,
+    report::{COMPARED, Compared, Figure, Report, Who, text},
+    stack::{Fresh, Transport, turn_order},
     swarm::Swarm,
 };
 
@@ -31,13 +29,6 @@ pub(crate) struct IdleArgs {
     per_process: usize,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Who {
-    Switchyard,
-    Go,
-    Floor,
-}
-
 /// KiB per session target of the issue.
 const TARGET_KIB: f64 = 8.0;
 
@@ -50,19 +41,12 @@ pub(crate) async fn run(args: IdleArgs) -> anyhow::Result<()> {
         ),
         args.common.rounds,
     );
-    let go_present = args.common.go_baseline.join("go-gateway").exists();
     let mut results: Vec<(RuntimeFlavor, Transport, Who, f64)> = Vec::new();
     let mut failures = Vec::new();
     for round in 0..args.common.rounds {
         for &flavor in &args.common.server_flavor {
             for transport in [Transport::Ws, Transport::Tcp] {
-                let mut order = vec![Who::Switchyard, Who::Floor];
-                if go_present {
-                    order.insert(1, Who::Go);
-                }
-                let n = order.len();
-                order.rotate_left(round % n);
-                for who in order {
+                for who in turn_order(&args.common.go_baseline, round) {
                     let kib = measure(&args, flavor, transport, who, round, &mut failures).await?;
                     results.push((flavor, transport, who, kib));
                 }
@@ -72,44 +56,28 @@ pub(crate) async fn run(args: IdleArgs) -> anyhow::Result<()> {
     }
     let mut columns = vec!["server runtime", "transport", "figure"];
     columns.extend(COMPARED);
+    let mut targets = Vec::new();
     let table = report.table("Resident memory per idle session, KiB", &columns);
     for &flavor in &args.common.server_flavor {
         for transport in [Transport::Ws, Transport::Tcp] {
-            let spread = |who: Who| {
-                let v: Vec<f64> = results
-                    .iter()
-                    .filter(|(f, t, w, _)| *f == flavor && *t == transport && *w == who)
-                    .map(|r| r.3)
-                    .collect();
-                (!v.is_empty()).then(|| Spread::of(v))
-            };
-            let compared = Compared {
-                switchyard: spread(Who::Switchyard),
-                go: spread(Who::Go),
-                floor: spread(Who::Floor),
-            };
-            let mut row = vec![text(flavor), text(transport), text("KiB per session")];
-            row.extend(compared.cells());
-            table.row(row);
+            let mine: Vec<(Who, &f64)> = results
+                .iter()
+                .filter(|(f, t, ..)| *f == flavor && *t == transport)
+                .map(|(_, _, who, kib)| (*who, kib))
+                .collect();
+            let figures: [Figure<f64>; 1] = [("KiB per session", |kib| *kib)];
+            table.compared_rows(&[text(flavor), text(transport)], &mine, &figures);
+            if let Some(sw) = Compared::of(&mine, |kib| *kib).switchyard {
+                targets.push((flavor, transport, sw));
+            }
         }
     }
-    for &flavor in &args.common.server_flavor {
-        for transport in [Transport::Ws, Transport::Tcp] {
-            let v: Vec<f64> = results
-                .iter()
-                .filter(|(f, t, w, _)| *f == flavor && *t == transport && *w == Who::Switchyard)
-                .map(|r| r.3)
-                .collect();
-            if v.is_empty() {
-                continue;
-            }
-            let sw = Spread::of(v);
-            report.target(
-                format!("S2 ≤ 8 KiB per idle session ({flavor}, {transport})"),
-                format!("{:.1} KiB", sw.median),
-                sw.median <= TARGET_KIB,
-            );
-        }
+    for (flavor, transport, sw) in targets {
+        report.target(
+            format!("S2 ≤ 8 KiB per idle session ({flavor}, {transport})"),
+            format!("{:.1} KiB", sw.median),
+            sw.median <= TARGET_KIB,
+        );
     }
     for failure in failures {
         report.note(failure);
@@ -127,34 +95,10 @@ async fn measure(
     round: usize,
     failures: &mut Vec<String>,
 ) -> anyhow::Result<f64> {
-    let (address, pid, _stack, _floor) = match who {
-        Who::Switchyard => {
-            let stack = Stack::switchyard(flavor, Services::Rooms).await?;
-            (
-                stack.address(transport),
-                stack.gateway_pid,
-                Some(stack),
-                None,
-            )
-        }
-        Who::Go => {
-            let stack = Stack::go(&args.common.go_baseline, Services::Rooms)
-                .await?
-                .context("no Go baseline")?;
-            (
-                stack.address(transport),
-                stack.gateway_pid,
-                Some(stack),
-                None,
-            )
-        }
-        Who::Floor => {
-            let floor = Floor::for_transport(transport, flavor)?;
-            (floor.address()?, floor.pid(), None, Some(floor))
-        }
-    };
+    let system = Fresh::start(who, flavor, transport, &args.common.go_baseline).await?;
+    let pid = system.gateway_pid;
     let mut swarm = Swarm::start(
-        &address,
+        &system.address,
         args.sessions,
         args.per_process,
         &format!("idle{round}"),

@@ -15,9 +15,9 @@ use runtime::RuntimeFlavor;
 use crate::{
     Common,
     procfs::CpuMeter,
-    report::{COMPARED, Compared, Figure, Report, text},
-    stack::{Services, Stack, System, Transport, client_config, login},
-    stats::{Spread, histogram},
+    report::{COMPARED, Compared, Figure, Report, Who, of_flavor, text},
+    stack::{Services, Stack, Transport, client_config, login},
+    stats::histogram,
 };
 
 /// Options of `s5-match`.
@@ -53,7 +53,7 @@ pub(crate) async fn run(args: MatchArgs) -> anyhow::Result<()> {
         ),
         args.common.rounds,
     );
-    let mut results: Vec<(RuntimeFlavor, System, MatchRun)> = Vec::new();
+    let mut results: Vec<(RuntimeFlavor, Who, MatchRun)> = Vec::new();
     for &flavor in &args.common.server_flavor {
         let mut stacks = vec![Stack::switchyard(flavor, Services::Matchmaking).await?];
         if let Some(go) = Stack::go(&args.common.go_baseline, Services::Matchmaking).await? {
@@ -70,8 +70,6 @@ pub(crate) async fn run(args: MatchArgs) -> anyhow::Result<()> {
     }
     let mut columns = vec!["server runtime", "figure"];
     columns.extend(COMPARED);
-    let mut rows = Vec::new();
-    let mut targets = Vec::new();
     let figures: [Figure<MatchRun>; 6] = [
         ("tickets/s", |r| r.tickets_per_s),
         ("last ticket → everyone notified, ms", |r| {
@@ -82,43 +80,24 @@ pub(crate) async fn run(args: MatchArgs) -> anyhow::Result<()> {
         ("server CPU µs per ticket", |r| r.cpu_us_per_ticket),
         ("unmatched players", |r| r.unmatched as f64),
     ];
+    let mut targets = Vec::new();
+    let table = report.table(
+        format!("{} players, mode duel (2 per match)", args.players),
+        &columns,
+    );
     for &flavor in &args.common.server_flavor {
-        for (name, figure) in figures {
-            let spread = |system: System| {
-                let v: Vec<f64> = results
-                    .iter()
-                    .filter(|(f, s, _)| *f == flavor && *s == system)
-                    .map(|(.., r)| figure(r))
-                    .collect();
-                (!v.is_empty()).then(|| Spread::of(v))
-            };
-            let compared = Compared {
-                switchyard: spread(System::Switchyard),
-                go: spread(System::Go),
-                floor: None,
-            };
-            if name == "tickets/s"
-                && let Some(sw) = compared.switchyard
-            {
-                targets.push((
-                    format!("S5 ≥ 2,000 tickets/s ({flavor})"),
-                    format!("{:.0} tickets/s", sw.median),
-                    sw.median >= TARGET_TICKETS_PER_S,
-                ));
-            }
-            let mut row = vec![text(flavor), text(name)];
-            row.extend(compared.cells());
-            rows.push(row);
+        let mine = of_flavor(&results, flavor);
+        table.compared_rows(&[text(flavor)], &mine, &figures);
+        if let Some(sw) = Compared::of(&mine, |r| r.tickets_per_s).switchyard {
+            targets.push((flavor, sw));
         }
     }
-    report
-        .table(
-            format!("{} players, mode duel (2 per match)", args.players),
-            &columns,
-        )
-        .rows = rows;
-    for (target, measured, met) in targets {
-        report.target(target, measured, met);
+    for (flavor, sw) in targets {
+        report.target(
+            format!("S5 ≥ 2,000 tickets/s ({flavor})"),
+            format!("{:.0} tickets/s", sw.median),
+            sw.median >= TARGET_TICKETS_PER_S,
+        );
     }
     report.note("Switchyard: gateway, logic-match (also the login server) and logic-room, each its own process; a match is placed on the least-loaded room server after a load request to every room server, both players are bound to it (acknowledged) and then notified. Go: go-gateway, go-match, go-room. There is no floor for matchmaking.");
     report.finish(&args.common.out)

@@ -12,13 +12,13 @@ use clap::Args;
 use mesh::{Mesh, NodeId, command};
 use proto::mesh::v1::{MeshReply, MeshRequest, mesh_client::MeshClient, mesh_server};
 use runtime::{Listeners, Node, NodeConfig};
-use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::{
     child::ChildProcess,
+    report::{Cell, Figure, Report, text},
     stats::{RunFigures, Spread, histogram},
 };
 
@@ -43,9 +43,9 @@ pub(crate) struct MeshArgs {
     /// Tokio flavor of the server processes.
     #[arg(long, value_enum, default_value_t = runtime::RuntimeFlavor::CurrentThread)]
     server_flavor: runtime::RuntimeFlavor,
-    /// Also write the report as JSON here.
-    #[arg(long)]
-    json: Option<PathBuf>,
+    /// Where the Markdown and JSON reports go.
+    #[arg(long, default_value = "target/bench-reports")]
+    out: PathBuf,
 }
 
 #[derive(Clone)]
@@ -71,26 +71,6 @@ impl Target {
         }
         Ok(())
     }
-}
-
-#[derive(Serialize)]
-struct TargetReport {
-    one_in_flight_p50_us: Spread,
-    one_in_flight_p99_us: Spread,
-    loaded_p99_us: Spread,
-    throughput_per_s: Spread,
-}
-
-#[derive(Serialize)]
-struct Report {
-    scenario: &'static str,
-    machine: crate::report::Machine,
-    args: String,
-    mesh: TargetReport,
-    bare_tonic: TargetReport,
-    ratio_p50: f64,
-    ratio_p99: f64,
-    ratio_throughput: f64,
 }
 
 pub(crate) async fn run(args: MeshArgs) -> anyhow::Result<()> {
@@ -151,63 +131,42 @@ pub(crate) async fn run(args: MeshArgs) -> anyhow::Result<()> {
         }
         eprintln!("round {}/{} done", round + 1, args.rounds);
     }
-    let summarize = |runs: &[(RunFigures, RunFigures)]| TargetReport {
-        one_in_flight_p50_us: Spread::of(runs.iter().map(|r| r.0.p50_us)),
-        one_in_flight_p99_us: Spread::of(runs.iter().map(|r| r.0.p99_us)),
-        loaded_p99_us: Spread::of(runs.iter().map(|r| r.1.p99_us)),
-        throughput_per_s: Spread::of(runs.iter().map(|r| r.1.throughput_per_s)),
-    };
-    let (m, b) = (summarize(&mesh_runs), summarize(&bare_runs));
-    let report = Report {
-        scenario: "mesh request/response vs bare tonic unary",
-        machine: crate::report::Machine::read(),
-        args: format!("{args:?}"),
-        ratio_p50: m.one_in_flight_p50_us.median / b.one_in_flight_p50_us.median,
-        ratio_p99: m.one_in_flight_p99_us.median / b.one_in_flight_p99_us.median,
-        ratio_throughput: m.throughput_per_s.median / b.throughput_per_s.median,
-        mesh: m,
-        bare_tonic: b,
-    };
-    print_report(&report, &args);
-    crate::stats::write_json(args.json.as_deref(), &report)?;
+    let mut report = Report::new(
+        "mesh",
+        format!(
+            "mesh request/response vs bare tonic unary (payload {} B, {} server)",
+            args.payload, args.server_flavor
+        ),
+        args.rounds,
+    );
+    let table = report.table(
+        format!("Request/response (loaded: {} in flight)", args.concurrency),
+        &["figure", "mesh", "bare tonic", "mesh / bare"],
+    );
+    let figures: [Figure<Pair>; 4] = [
+        ("one in flight p50 µs", |r| r.0.p50_us),
+        ("one in flight p99 µs", |r| r.0.p99_us),
+        ("loaded p99 µs", |r| r.1.p99_us),
+        ("loaded req/s", |r| r.1.throughput_per_s),
+    ];
+    for (name, figure) in figures {
+        let mesh = Spread::of(mesh_runs.iter().map(figure));
+        let bare = Spread::of(bare_runs.iter().map(figure));
+        table.row(vec![
+            text(name),
+            Cell::Spread(mesh),
+            Cell::Spread(bare),
+            Cell::Ratio(Some(mesh.median / bare.median)),
+        ]);
+    }
+    report.note("Two server processes (a Switchyard node, a bare tonic server answering the same message) and a client node on loopback; ABBA order over the rounds.");
+    report.finish(&args.out)?;
     client_node.shutdown(|| async {}).await;
     Ok(())
 }
 
-#[allow(clippy::print_stdout)] // the report is this command's output
-fn print_report(r: &Report, args: &MeshArgs) {
-    println!(
-        "# mesh request/response vs bare tonic unary ({} rounds, payload {} B)",
-        args.rounds, args.payload
-    );
-    println!("machine: {}", r.machine);
-    println!("figures: median (min–max)");
-    println!();
-    println!("| figure | mesh | bare tonic | mesh / bare |");
-    println!("|---|---|---|---|");
-    println!(
-        "| one in flight p50 (µs) | {} | {} | {:.2} |",
-        r.mesh.one_in_flight_p50_us, r.bare_tonic.one_in_flight_p50_us, r.ratio_p50
-    );
-    println!(
-        "| one in flight p99 (µs) | {} | {} | {:.2} |",
-        r.mesh.one_in_flight_p99_us, r.bare_tonic.one_in_flight_p99_us, r.ratio_p99
-    );
-    println!(
-        "| {} in flight p99 (µs) | {} | {} | {:.2} |",
-        args.concurrency,
-        r.mesh.loaded_p99_us,
-        r.bare_tonic.loaded_p99_us,
-        r.mesh.loaded_p99_us.median / r.bare_tonic.loaded_p99_us.median
-    );
-    println!(
-        "| {} in flight throughput (req/s) | {} | {} | {:.2} |",
-        args.concurrency,
-        r.mesh.throughput_per_s,
-        r.bare_tonic.throughput_per_s,
-        r.ratio_throughput
-    );
-}
+/// A latency run and a throughput run of one target.
+type Pair = (RunFigures, RunFigures);
 
 /// One latency run (one request in flight) and one throughput run (`concurrency` in flight).
 async fn measure(

@@ -5,6 +5,7 @@
 
 use std::{fmt::Write as _, path::Path};
 
+use runtime::RuntimeFlavor;
 use serde::Serialize;
 
 use crate::stats::Spread;
@@ -55,6 +56,14 @@ impl std::fmt::Display for Cell {
     }
 }
 
+/// A system measured: Switchyard, the Go baseline, or the floor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub(crate) enum Who {
+    Switchyard,
+    Go,
+    Floor,
+}
+
 /// A figure measured on Switchyard, the Go baseline and the floor.
 pub(crate) struct Compared {
     pub(crate) switchyard: Option<Spread>,
@@ -72,6 +81,33 @@ pub(crate) const COMPARED: [&str; 5] = [
 ];
 
 impl Compared {
+    /// The median and min–max of `figure` over each system's runs (`None` for a system with
+    /// no run).
+    pub(crate) fn of<R>(runs: &[(Who, &R)], figure: impl Fn(&R) -> f64) -> Self {
+        let spread = |who: Who| {
+            let values: Vec<f64> = runs
+                .iter()
+                .filter(|(w, _)| *w == who)
+                .map(|(_, run)| figure(run))
+                .collect();
+            (!values.is_empty()).then(|| Spread::of(values))
+        };
+        Compared {
+            switchyard: spread(Who::Switchyard),
+            go: spread(Who::Go),
+            floor: spread(Who::Floor),
+        }
+    }
+
+    /// One system's figure.
+    pub(crate) fn get(&self, who: Who) -> Option<Spread> {
+        match who {
+            Who::Switchyard => self.switchyard,
+            Who::Go => self.go,
+            Who::Floor => self.floor,
+        }
+    }
+
     /// The five cells of [`COMPARED`].
     pub(crate) fn cells(&self) -> Vec<Cell> {
         let spread = |s: Option<Spread>| s.map_or(Cell::Text("—".into()), Cell::Spread);
@@ -197,6 +233,32 @@ impl Table {
     pub(crate) fn row(&mut self, cells: Vec<Cell>) {
         self.rows.push(cells);
     }
+
+    /// One row per figure: `labels`, the figure's name, then its [`COMPARED`] cells over `runs`.
+    pub(crate) fn compared_rows<R>(
+        &mut self,
+        labels: &[Cell],
+        runs: &[(Who, &R)],
+        figures: &[Figure<R>],
+    ) {
+        for (name, figure) in figures {
+            let mut row = labels.to_vec();
+            row.push(text(name));
+            row.extend(Compared::of(runs, figure).cells());
+            self.rows.push(row);
+        }
+    }
+}
+
+/// The runs of one server runtime flavour, by system.
+pub(crate) fn of_flavor<R>(
+    runs: &[(RuntimeFlavor, Who, R)],
+    flavor: RuntimeFlavor,
+) -> Vec<(Who, &R)> {
+    runs.iter()
+        .filter(|(f, ..)| *f == flavor)
+        .map(|(_, who, run)| (*who, run))
+        .collect()
 }
 
 /// Text cell.

@@ -25,7 +25,7 @@ use tonic::transport::Endpoint;
 use crate::{
     Common,
     procfs::CpuMeter,
-    report::{COMPARED, Cell, Compared, Figure, Report, text},
+    report::{COMPARED, Cell, Compared, Figure, Report, Who, text},
     stack::{Floor, FloorKind, Services, Stack, Transport, client_config, login},
     stats::{Spread, histogram},
 };
@@ -66,14 +66,6 @@ pub(crate) struct RoundTripArgs {
     pub(crate) knee_step_ms: u64,
 }
 
-/// A system measured: Switchyard, the Go baseline, or the floor.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub(crate) enum Who {
-    Switchyard,
-    Go,
-    Floor,
-}
-
 /// Where a measured system is.
 pub(crate) struct Target {
     pub(crate) who: Who,
@@ -86,10 +78,7 @@ pub(crate) struct Target {
 impl Target {
     pub(crate) fn stack(stack: &Stack, transport: Transport) -> Self {
         Target {
-            who: match stack.system {
-                crate::stack::System::Switchyard => Who::Switchyard,
-                crate::stack::System::Go => Who::Go,
-            },
+            who: stack.system,
             address: stack.address(transport),
             real: true,
             pids: stack.pids.clone(),
@@ -210,22 +199,13 @@ struct Point {
 }
 
 impl Point {
-    fn spread(&self, who: Who, figure: impl Fn(&Run) -> f64) -> Option<Spread> {
-        let values: Vec<f64> = self
-            .runs
-            .iter()
-            .filter(|(w, _)| *w == who)
-            .map(|(_, r)| figure(r))
-            .collect();
-        (!values.is_empty()).then(|| Spread::of(values))
+    fn compared(&self, figure: impl Fn(&Run) -> f64) -> Compared {
+        let runs: Vec<(Who, &Run)> = self.runs.iter().map(|(w, r)| (*w, r)).collect();
+        Compared::of(&runs, figure)
     }
 
-    fn compared(&self, figure: impl Fn(&Run) -> f64 + Copy) -> Compared {
-        Compared {
-            switchyard: self.spread(Who::Switchyard, figure),
-            go: self.spread(Who::Go, figure),
-            floor: self.spread(Who::Floor, figure),
-        }
+    fn spread(&self, who: Who, figure: impl Fn(&Run) -> f64) -> Option<Spread> {
+        self.compared(figure).get(who)
     }
 
     fn failed(&self, who: Who) -> u64 {
@@ -500,16 +480,6 @@ async fn knee_point(targets: &[Target], args: &RoundTripArgs) -> anyhow::Result<
     Ok(point)
 }
 
-/// The knee of one system over rounds.
-pub(crate) fn knee_spread(point_knees: &[(Who, f64)], who: Who) -> Option<Spread> {
-    let values: Vec<f64> = point_knees
-        .iter()
-        .filter(|(w, _)| *w == who)
-        .map(|(_, k)| *k)
-        .collect();
-    (!values.is_empty()).then(|| Spread::of(values))
-}
-
 fn knee_tables(report: &mut Report, knees: &[(RuntimeFlavor, KneePoint)], args: &RoundTripArgs) {
     if knees.is_empty() {
         return;
@@ -526,11 +496,8 @@ fn knee_tables(report: &mut Report, knees: &[(RuntimeFlavor, KneePoint)], args: 
     );
     let top = args.knee_rates.iter().copied().fold(0.0, f64::max);
     for (flavor, point) in knees {
-        let compared = Compared {
-            switchyard: knee_spread(&point.knees, Who::Switchyard),
-            go: knee_spread(&point.knees, Who::Go),
-            floor: knee_spread(&point.knees, Who::Floor),
-        };
+        let knees: Vec<(Who, &f64)> = point.knees.iter().map(|(w, k)| (*w, k)).collect();
+        let compared = Compared::of(&knees, |k| *k);
         let floor_knee = compared.floor.map_or(0.0, |f| f.median);
         let mut note = String::new();
         if floor_knee < top
@@ -564,20 +531,13 @@ fn knee_tables(report: &mut Report, knees: &[(RuntimeFlavor, KneePoint)], args: 
                 ("p99 µs", |r| r.p99_us),
                 ("req/s done", |r| r.throughput_per_s),
             ] {
-                let spread = |who: Who| {
-                    let values: Vec<f64> = point
-                        .steps
-                        .iter()
-                        .filter(|(w, _, r, _)| *w == who && *r == rate)
-                        .map(|(.., run)| figure(run))
-                        .collect();
-                    (!values.is_empty()).then(|| Spread::of(values))
-                };
-                let compared = Compared {
-                    switchyard: spread(Who::Switchyard),
-                    go: spread(Who::Go),
-                    floor: spread(Who::Floor),
-                };
+                let at_rate: Vec<(Who, &Run)> = point
+                    .steps
+                    .iter()
+                    .filter(|(_, _, r, _)| *r == rate)
+                    .map(|(w, _, _, run)| (*w, run))
+                    .collect();
+                let compared = Compared::of(&at_rate, figure);
                 if compared.switchyard.is_none() && compared.go.is_none() {
                     continue;
                 }

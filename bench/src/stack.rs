@@ -21,17 +21,10 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::codec::Framed;
 
-use crate::child::ChildProcess;
+use crate::{child::ChildProcess, report::Who};
 
 pub(crate) const LOGIN: u32 = proto::route(1, 1);
 pub(crate) const ECHO: u32 = proto::route(2, 1);
-
-/// Which implementation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub(crate) enum System {
-    Switchyard,
-    Go,
-}
 
 /// Client transport.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -60,7 +53,8 @@ pub(crate) enum Services {
 
 /// A running system under test.
 pub(crate) struct Stack {
-    pub(crate) system: System,
+    /// Switchyard or Go.
+    pub(crate) system: Who,
     pub(crate) tcp: SocketAddr,
     pub(crate) ws: String,
     /// The gateway's admin endpoint (`/metrics`), Switchyard only.
@@ -95,7 +89,7 @@ impl Stack {
         let login = ChildProcess::spawn(&["--flavor", flavor, login_server, "--seed", &gossip])?;
         let rooms = ChildProcess::spawn(&["--flavor", flavor, "serve-room", "--seed", &gossip])?;
         let stack = Stack {
-            system: System::Switchyard,
+            system: Who::Switchyard,
             tcp: gateway.get("tcp")?.parse()?,
             ws: gateway.get("ws")?.to_owned(),
             admin: Some(gateway.get("admin")?.to_owned()),
@@ -149,7 +143,7 @@ impl Stack {
         let mut pids: Vec<u32> = processes.iter().map(ChildProcess::pid).collect();
         pids.push(gateway.pid());
         let stack = Stack {
-            system: System::Go,
+            system: Who::Go,
             tcp: gateway.get("tcp")?.parse()?,
             ws: gateway.get("ws")?.to_owned(),
             admin: None,
@@ -480,6 +474,63 @@ impl std::fmt::Display for FloorKind {
             FloorKind::Tcp => "bare TCP echo",
             FloorKind::Ws => "bare WebSocket echo",
             FloorKind::Tonic => "bare tonic unary",
+        })
+    }
+}
+
+/// The systems that take turns in one round, in an order rotated every round so no system
+/// always goes first; Go only when its binaries are in `go_dir`.
+pub(crate) fn turn_order(go_dir: &Path, round: usize) -> Vec<Who> {
+    let mut order = vec![Who::Switchyard, Who::Floor];
+    if go_dir.join("go-gateway").exists() {
+        order.insert(1, Who::Go);
+    }
+    let n = order.len();
+    order.rotate_left(round % n);
+    order
+}
+
+/// One system started fresh for a single measurement (so it meets an empty gateway), stopped
+/// when dropped.
+pub(crate) struct Fresh {
+    pub(crate) address: Address,
+    /// Every server process (CPU is charged to them).
+    pub(crate) pids: Vec<u32>,
+    /// The process clients connect to (memory is read from it).
+    pub(crate) gateway_pid: u32,
+    _stack: Option<Stack>,
+    _floor: Option<Floor>,
+}
+
+impl Fresh {
+    pub(crate) async fn start(
+        who: Who,
+        flavor: RuntimeFlavor,
+        transport: Transport,
+        go_dir: &Path,
+    ) -> anyhow::Result<Self> {
+        let stack = match who {
+            Who::Switchyard => Stack::switchyard(flavor, Services::Rooms).await?,
+            Who::Go => Stack::go(go_dir, Services::Rooms)
+                .await?
+                .context("no Go baseline")?,
+            Who::Floor => {
+                let floor = Floor::for_transport(transport, flavor)?;
+                return Ok(Fresh {
+                    address: floor.address()?,
+                    pids: vec![floor.pid()],
+                    gateway_pid: floor.pid(),
+                    _stack: None,
+                    _floor: Some(floor),
+                });
+            }
+        };
+        Ok(Fresh {
+            address: stack.address(transport),
+            pids: stack.pids.clone(),
+            gateway_pid: stack.gateway_pid,
+            _stack: Some(stack),
+            _floor: None,
         })
     }
 }

@@ -2,13 +2,9 @@
 
 use std::time::Duration;
 
+pub(crate) use client_sim::generator::histogram;
 use hdrhistogram::Histogram;
 use serde::Serialize;
-
-/// A latency histogram in nanoseconds, 1 ns to 60 s at 3 significant digits.
-pub(crate) fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds")
-}
 
 /// One run's figures.
 #[derive(Clone, Copy, Debug, Serialize)]
@@ -63,15 +59,4 @@ impl std::fmt::Display for Spread {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{:.1} ({:.1}–{:.1})", self.median, self.min, self.max)
     }
-}
-
-/// Writes a report as JSON when the scenario was given a path for it.
-pub(crate) fn write_json(
-    path: Option<&std::path::Path>,
-    report: &impl Serialize,
-) -> anyhow::Result<()> {
-    if let Some(path) = path {
-        std::fs::write(path, serde_json::to_string_pretty(report)?)?;
-    }
-    Ok(())
 }

@@ -23,9 +23,9 @@ use crate::{
     Common,
     child::ChildProcess,
     procfs::CpuMeter,
-    report::{COMPARED, Compared, Figure, Report, text},
-    stack::{Floor, Services, Stack, Transport, client_config, login},
-    stats::{Spread, histogram},
+    report::{COMPARED, Figure, Report, Who, of_flavor, text},
+    stack::{Fresh, Transport, client_config, login, turn_order},
+    stats::histogram,
 };
 
 /// Options of the hidden `swarm` subcommand.
@@ -229,13 +229,6 @@ pub(crate) struct StormArgs {
     transport: Transport,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Who {
-    Switchyard,
-    Go,
-    Floor,
-}
-
 struct StormRun {
     per_s: f64,
     p50_us: f64,
@@ -262,16 +255,9 @@ pub(crate) async fn run_storm(args: StormArgs) -> anyhow::Result<()> {
     );
     let mut results: Vec<(RuntimeFlavor, Who, StormRun)> = Vec::new();
     let mut first_errors = Vec::new();
-    let go_present = args.common.go_baseline.join("go-gateway").exists();
     for round in 0..args.common.rounds {
         for &flavor in &args.common.server_flavor {
-            let mut order = vec![Who::Switchyard, Who::Floor];
-            if go_present {
-                order.insert(1, Who::Go);
-            }
-            let n = order.len();
-            order.rotate_left(round % n);
-            for who in order {
+            for who in turn_order(&args.common.go_baseline, round) {
                 let run = storm_once(&args, flavor, who, round, &mut first_errors).await?;
                 results.push((flavor, who, run));
             }
@@ -297,24 +283,7 @@ pub(crate) async fn run_storm(args: StormArgs) -> anyhow::Result<()> {
         ("failed", |r| r.errors as f64),
     ];
     for &flavor in &args.common.server_flavor {
-        for (name, figure) in figures {
-            let spread = |who: Who| {
-                let v: Vec<f64> = results
-                    .iter()
-                    .filter(|(f, w, _)| *f == flavor && *w == who)
-                    .map(|(.., r)| figure(r))
-                    .collect();
-                (!v.is_empty()).then(|| Spread::of(v))
-            };
-            let compared = Compared {
-                switchyard: spread(Who::Switchyard),
-                go: spread(Who::Go),
-                floor: spread(Who::Floor),
-            };
-            let mut row = vec![text(flavor), text(name)];
-            row.extend(compared.cells());
-            table.row(row);
-        }
+        table.compared_rows(&[text(flavor)], &of_flavor(&results, flavor), &figures);
     }
     report.note("floor: a bare WebSocket (or TCP) echo server; its \"login\" is one echoed round trip. Go's runtime does not change with the Switchyard server runtime.");
     for error in first_errors {
@@ -330,40 +299,14 @@ async fn storm_once(
     round: usize,
     first_errors: &mut Vec<String>,
 ) -> anyhow::Result<StormRun> {
-    // Fresh servers every round, so every storm meets an empty gateway.
-    let (address, pids, _stack, _floor) = match who {
-        Who::Switchyard => {
-            let stack = Stack::switchyard(flavor, Services::Rooms).await?;
-            (
-                stack.address(args.transport),
-                stack.pids.clone(),
-                Some(stack),
-                None,
-            )
-        }
-        Who::Go => {
-            let stack = Stack::go(&args.common.go_baseline, Services::Rooms)
-                .await?
-                .context("no Go baseline")?;
-            (
-                stack.address(args.transport),
-                stack.pids.clone(),
-                Some(stack),
-                None,
-            )
-        }
-        Who::Floor => {
-            let floor = Floor::for_transport(args.transport, flavor)?;
-            (floor.address()?, vec![floor.pid()], None, Some(floor))
-        }
-    };
+    let system = Fresh::start(who, flavor, args.transport, &args.common.go_baseline).await?;
     let mut swarm = Swarm::start(
-        &address,
+        &system.address,
         args.sessions,
         args.per_process,
         &format!("storm{round}"),
     )?;
-    let cpu = CpuMeter::start(&pids);
+    let cpu = CpuMeter::start(&system.pids);
     let connected = swarm.connect().await?;
     let cpu_micros = cpu.elapsed_micros();
     if let Some(error) = &connected.first_error {

@@ -21,7 +21,7 @@ use serde::Serialize;
 use tokio::sync::Barrier;
 
 use crate::{
-    generator::{self, MakeRequest, Pace},
+    generator::{self, MakeRequest, Pace, histogram},
     player::{Player, address},
 };
 
@@ -140,17 +140,17 @@ impl Tally {
     }
 
     fn error(&self, name: &str) {
+        self.errors_of(name, 1);
+    }
+
+    fn errors_of(&self, name: &str, n: u64) {
         *self
             .errors
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .entry(name.to_owned())
-            .or_default() += 1;
+            .or_default() += n;
     }
-}
-
-fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 120_000_000_000, 3).expect("valid bounds")
 }
 
 pub(crate) async fn run(args: LoadArgs) -> anyhow::Result<()> {
@@ -333,9 +333,7 @@ async fn room_ops(args: &LoadArgs, tally: &Arc<Tally>) -> anyhow::Result<Duratio
     tally.merge(&outcome.latency);
     tally.done.fetch_add(outcome.completed, Ordering::Relaxed);
     for (name, n) in &outcome.errors {
-        for _ in 0..*n {
-            tally.error(name);
-        }
+        tally.errors_of(name, *n);
     }
     if outcome.generator_behind() {
         tally.error("generator-bound (fell behind its open-loop schedule)");
