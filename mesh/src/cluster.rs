@@ -111,6 +111,40 @@ impl Cluster {
             .collect()
     }
 
+    /// The other members of one kind (online or draining), in node id order: the targets of a
+    /// fan-out from this node.
+    pub fn peers_of_kind(&self, kind: &str) -> Vec<NodeId> {
+        let me = self.self_id();
+        self.inner
+            .members
+            .borrow()
+            .values()
+            .filter(|n| n.kind.as_str() == kind && n.id != me)
+            .map(|n| n.id.clone())
+            .collect()
+    }
+
+    /// Checks that every node in `ids` is an online member: the rule for anything that sends
+    /// new work to a node (binding users to it, say).
+    pub fn require_online(&self, ids: &[NodeId]) -> Result<(), NotOnline> {
+        let members = self.inner.members.borrow();
+        let unknown: Vec<NodeId> = ids
+            .iter()
+            .filter(|id| !members.contains_key(*id))
+            .cloned()
+            .collect();
+        if !unknown.is_empty() {
+            return Err(NotOnline::Unknown(unknown));
+        }
+        match ids
+            .iter()
+            .find(|id| members.get(*id).is_some_and(|n| !n.is_online()))
+        {
+            Some(draining) => Err(NotOnline::Draining(draining.clone())),
+            None => Ok(()),
+        }
+    }
+
     /// True when `id` is a member and online (not draining).
     pub fn is_node_online(&self, id: &NodeId) -> bool {
         self.inner
@@ -256,6 +290,24 @@ fn log_event(event: &NodeEvent) {
         NodeEvent::Gone(_) => info!(peer = %node.id, kind = %node.kind, "node left the cluster"),
         NodeEvent::LoadChanged(_) | NodeEvent::Updated(_) => {}
     }
+}
+
+/// Why nodes may not be given new work: see [`Cluster::require_online`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NotOnline {
+    /// These ids are not members of the cluster (never seen, left, or declared dead).
+    #[error("unknown node ids: {}", join(.0))]
+    Unknown(Vec<NodeId>),
+    /// This member is draining and takes no new work.
+    #[error("node {0} is draining and takes no new work")]
+    Draining(NodeId),
+}
+
+fn join(ids: &[NodeId]) -> String {
+    ids.iter()
+        .map(NodeId::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Counts a request in flight; see [`Cluster::track_request`].

@@ -8,6 +8,7 @@
 //! - `change`: node events derived from two member lists (pure diff).
 //! - [`cluster`]: the [`Cluster`] handle: members, node events, this node's state and load.
 //! - [`mesh`](crate::Mesh): request/response, reliable and unreliable send-many, handlers.
+//! - `fanout`: one gRPC call to several nodes at once, every outcome reported.
 //! - `handler`: the handler registry. `pool`: one gRPC channel per peer.
 //! - `service`: the gRPC service peers call. `datagram`: unreliable messages over UDP.
 //! - `auth`: the cluster credential on calls and datagrams. [`metrics`]: metric names.
@@ -17,6 +18,7 @@ mod change;
 pub mod cluster;
 mod datagram;
 mod error;
+mod fanout;
 mod handler;
 pub mod membership;
 mod mesh;
@@ -28,9 +30,11 @@ mod service;
 
 pub use auth::{AddCredential, BadSecret, CREDENTIAL_HEADER, CheckCredential, Credential};
 pub use change::NodeEvent;
+pub use cluster::NotOnline;
 pub use cluster::{Cluster, InFlight};
 pub use datagram::MAX_DATAGRAM_PAYLOAD;
 pub use error::{HandlerError, MeshError};
+pub use fanout::Answer;
 pub use handler::MeshContext;
 pub use mesh::{Delivery, Mesh, MeshSettings, UnreliableReport, command};
 pub use node::{Load, NodeId, NodeInfo, NodeKind, NodeState};

@@ -400,7 +400,7 @@ fn dispatch_error(node: &NodeId, command: u32, error: DispatchError) -> MeshErro
     }
 }
 
-fn status_error(node: &NodeId, timeout: Duration, status: &tonic::Status) -> MeshError {
+pub(crate) fn status_error(node: &NodeId, timeout: Duration, status: &tonic::Status) -> MeshError {
     match status.code() {
         tonic::Code::Unauthenticated => MeshError::Unauthenticated(node.clone()),
         tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => MeshError::Timeout {

@@ -99,6 +99,8 @@ pub fn code_name(status: u32) -> &'static str {
             ErrorCode::IdleTimeout => "idle_timeout",
             ErrorCode::LoggedInElsewhere => "logged_in_elsewhere",
             ErrorCode::Kicked => "kicked",
+            ErrorCode::AlreadyLoggedIn => "already_logged_in",
+            ErrorCode::ResponseTooLarge => "response_too_large",
         },
         Err(_) => "app",
     }
