@@ -159,6 +159,13 @@ impl Cluster {
         self.lock_me().state == NodeState::Online
     }
 
+    /// True when this node takes new work: new clients, rooms, placements, bindings. The one
+    /// place that decides it (today: online, not draining), so every server asks the same
+    /// question the same way.
+    pub fn accepts_new_work(&self) -> bool {
+        self.is_self_online()
+    }
+
     /// True when this node is online and part of a cluster: what `/readyz` reports.
     pub fn is_ready(&self) -> bool {
         self.is_self_online() && self.inner.membership.is_joined()
