@@ -1,5 +1,8 @@
 //! One client connection: the reader (frames in, requests dispatched with bounded concurrency,
-//! idle timeout) and the writer (the session's bounded queue out to the socket).
+//! idle timeout) and the writer (the session's bounded queue out to the socket), and how the
+//! connection ends: last frames written, the socket shut for writing, then read until the
+//! client closes (briefly), so a client is told why before the close instead of getting a
+//! reset.
 
 use std::{net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 
@@ -10,26 +13,36 @@ use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span};
 use wire::{Envelope, ErrorCode, FrameError, Kind, envelope};
 
-use crate::{gateway::Gateway, outbox::Outbound, session::Session};
+use crate::{gateway::Gateway, outbox::Outbound, refusal::Refusal, session::Session};
+
+/// What the writer hands a transport: a frame, or the close with the code the session ended
+/// with (the WebSocket close status is chosen from it).
+#[derive(Debug)]
+pub(crate) enum Outgoing {
+    Frame(Bytes),
+    Close(u32),
+}
 
 /// Incoming frame bodies of one connection.
 pub(crate) type FrameStream = Pin<Box<dyn Stream<Item = Result<Bytes, FrameError>> + Send>>;
-/// Outgoing frame bodies of one connection.
-pub(crate) type FrameSink = Pin<Box<dyn Sink<Bytes, Error = FrameError> + Send>>;
+/// Outgoing frames of one connection.
+pub(crate) type FrameSink = Pin<Box<dyn Sink<Outgoing, Error = FrameError> + Send>>;
 
-/// How long a write may block before the client counts as not reading.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a session's last frames (a kick) may take to leave before the socket is closed.
+const LAST_WORDS: Duration = Duration::from_secs(2);
+/// How long a closing connection is read (and discarded) while the client closes its side.
+const LINGER: Duration = Duration::from_secs(2);
 
 /// Serves one connection until it ends. Never returns an error: whatever ends a connection is
 /// logged once here and reported to the client when it can be.
 pub(crate) async fn serve(
     gateway: Arc<Gateway>,
-    stream: FrameStream,
+    mut stream: FrameStream,
     mut sink: FrameSink,
     peer: SocketAddr,
     transport: &'static str,
 ) {
-    if gateway.is_draining() {
+    if !gateway.accepts_new_work() {
         refuse(
             &mut sink,
             ErrorCode::ServerDraining,
@@ -58,13 +71,16 @@ pub(crate) async fn serve(
         let count = gateway.sessions.insert(session.clone());
         gateway.sessions_changed(count);
         debug!("session opened");
-        let writer = tokio::spawn(write_loop(sink, session.clone()).in_current_span());
-        read_loop(&gateway, &session, stream).await;
+        let writer = gateway
+            .tracker
+            .spawn(write_loop(sink, session.clone()).in_current_span());
+        read_loop(&gateway, &session, &mut stream).await;
         let count = gateway.sessions.remove(&session);
         gateway.sessions_changed(count);
         gateway.session_closed(&session);
         session.close("session ended");
-        let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+        let _ = tokio::time::timeout(LAST_WORDS * 2, writer).await;
+        linger(&mut stream).await;
         info!(user = session.user().as_deref().unwrap_or(""), reason = %session.end_reason(), "session closed");
     }
     .instrument(span)
@@ -72,21 +88,35 @@ pub(crate) async fn serve(
 }
 
 async fn refuse(sink: &mut FrameSink, code: ErrorCode, reason: &str) {
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        let _ = sink
-            .send(envelope::encode(&envelope::kick(code as u32, reason)))
-            .await;
+    let _ = tokio::time::timeout(LAST_WORDS, async {
+        let kick = envelope::encode(&envelope::kick(code as u32, reason));
+        let _ = sink.send(Outgoing::Frame(kick)).await;
+        let _ = sink.send(Outgoing::Close(code as u32)).await;
         let _ = sink.close().await;
     })
     .await;
 }
 
-async fn read_loop(gateway: &Arc<Gateway>, session: &Arc<Session>, mut stream: FrameStream) {
+/// Reads what the client still sends while it closes its side, so the socket is not closed
+/// with unread data (which would reset the connection and lose the frames not yet taken).
+async fn linger(stream: &mut FrameStream) {
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Some(Ok(_)) = stream.next().await {}
+    })
+    .await;
+}
+
+async fn read_loop(gateway: &Arc<Gateway>, session: &Arc<Session>, stream: &mut FrameStream) {
     let idle = gateway.limits.idle_timeout;
     let mut deadline = Instant::now() + idle;
     loop {
         let frame = tokio::select! {
             _ = session.stop.cancelled() => return,
+            // Drain: no new requests; the session stays until drain kicks it.
+            _ = session.quiesce.cancelled() => {
+                session.stop.cancelled().await;
+                return;
+            }
             _ = tokio::time::sleep_until(deadline) => {
                 session.kick(ErrorCode::IdleTimeout, "no traffic within the idle timeout");
                 return;
@@ -99,17 +129,12 @@ async fn read_loop(gateway: &Arc<Gateway>, session: &Arc<Session>, mut stream: F
             Some(Err(FrameError::TooLarge { size, max })) => {
                 bad_frame("too_large");
                 debug!(size, max, "frame over the size limit");
-                session.send(&envelope::error(
-                    0,
-                    0,
-                    ErrorCode::TooLarge,
-                    "frame exceeds the size limit",
-                ));
-                return session.close("frame over the size limit");
+                refusal(session, 0, 0, Refusal::TooLarge);
+                return session.close_with(ErrorCode::TooLarge as u32, "frame over the size limit");
             }
-            Some(Err(FrameError::Unsupported(what))) => {
+            Some(Err(FrameError::Unsupported(_))) => {
                 bad_frame("unsupported");
-                session.send(&envelope::error(0, 0, ErrorCode::BadRequest, what));
+                refusal(session, 0, 0, Refusal::TextMessage);
                 continue;
             }
             Some(Err(FrameError::Transport(reason))) => {
@@ -120,30 +145,38 @@ async fn read_loop(gateway: &Arc<Gateway>, session: &Arc<Session>, mut stream: F
         deadline = Instant::now() + idle;
         let Ok(request) = Envelope::decode(bytes) else {
             bad_frame("undecodable");
-            session.send(&envelope::error(
-                0,
-                0,
-                ErrorCode::BadRequest,
-                "undecodable envelope",
-            ));
+            refusal(session, 0, 0, Refusal::Undecodable);
             continue;
         };
         match Kind::try_from(request.kind) {
+            Ok(Kind::Request) if request.msg_id == 0 => {
+                bad_frame("reserved_msg_id");
+                refusal(session, 0, request.route, Refusal::ReservedMessageId);
+            }
             Ok(Kind::Request) => dispatch(gateway, session, request).await,
             Ok(Kind::Heartbeat) => {
                 session.send(&envelope::heartbeat());
             }
             _ => {
                 bad_frame("unexpected_kind");
-                session.send(&envelope::error(
+                refusal(
+                    session,
                     request.msg_id,
                     request.route,
-                    ErrorCode::BadRequest,
-                    "unexpected envelope kind",
-                ));
+                    Refusal::UnexpectedKind,
+                );
             }
         }
     }
+}
+
+fn refusal(session: &Session, msg_id: u32, route: u32, refusal: Refusal) {
+    session.send(&envelope::error(
+        msg_id,
+        route,
+        refusal.code(),
+        refusal.text(),
+    ));
 }
 
 fn bad_frame(reason: &'static str) {
@@ -155,21 +188,11 @@ fn bad_frame(reason: &'static str) {
 async fn dispatch(gateway: &Arc<Gateway>, session: &Arc<Session>, request: Envelope) {
     let (msg_id, route) = (request.msg_id, request.route);
     if !session.allow_request() {
-        session.send(&envelope::error(
-            msg_id,
-            route,
-            ErrorCode::RateLimited,
-            "too many requests",
-        ));
+        refusal(session, msg_id, route, Refusal::RateLimited);
         return;
     }
     if !session.begin_request(msg_id) {
-        session.send(&envelope::error(
-            msg_id,
-            route,
-            ErrorCode::DuplicateMessageId,
-            "this message id is already in flight",
-        ));
+        refusal(session, msg_id, route, Refusal::DuplicateMessageId);
         return;
     }
     let permit = tokio::select! {
@@ -181,10 +204,13 @@ async fn dispatch(gateway: &Arc<Gateway>, session: &Arc<Session>, request: Envel
     let span = tracing::debug_span!(parent: &session.span, "request", msg_id, route);
     gateway.tracker.clone().spawn(
         async move {
-            let response = gateway.handle_request(&session, request).await;
+            let handled = gateway.handle_request(&session, request).await;
             // Free the id before the client can see the response and reuse it.
             session.end_request(msg_id);
-            session.send(&response);
+            session.send(&handled.response);
+            if let Some(refusal) = handled.then_kick {
+                session.kick(refusal.code(), refusal.text());
+            }
             drop(permit);
         }
         .instrument(span),
@@ -200,22 +226,20 @@ async fn write_loop(sink: FrameSink, session: Arc<Session>) {
 
 async fn write_queue(mut sink: FrameSink, session: &Session) {
     let outbound = session.outbox();
+    let max_age = outbound.max_age();
+    // Once the session is ending, its last frames (a kick) get LAST_WORDS in all.
+    let mut last_words_until = None;
     loop {
-        let item = tokio::select! {
-            biased;
-            _ = session.abort.cancelled() => return,
-            item = outbound.recv() => item,
-        };
-        let frame = match item {
+        let mut close = false;
+        let first = match outbound.recv().await {
             Outbound::Frame(frame) => frame,
             Outbound::Close => break,
         };
-        let mut close = false;
         let written = async {
-            sink.feed(frame).await?;
+            sink.feed(Outgoing::Frame(first)).await?;
             while let Some(next) = outbound.try_recv() {
                 match next {
-                    Outbound::Frame(frame) => sink.feed(frame).await?,
+                    Outbound::Frame(frame) => sink.feed(Outgoing::Frame(frame)).await?,
                     Outbound::Close => {
                         close = true;
                         break;
@@ -224,12 +248,14 @@ async fn write_queue(mut sink: FrameSink, session: &Session) {
             }
             sink.flush().await
         };
-        let result = tokio::select! {
-            biased;
-            _ = session.abort.cancelled() => return,
-            result = tokio::time::timeout(WRITE_TIMEOUT, written) => result,
-        };
-        match result {
+        if session.is_ending() && last_words_until.is_none() {
+            last_words_until = Some(Instant::now() + LAST_WORDS);
+        }
+        // A client whose socket takes nothing for the age limit is not reading.
+        let limit = last_words_until.map_or(max_age, |until| {
+            until.saturating_duration_since(Instant::now())
+        });
+        match tokio::time::timeout(limit, written).await {
             Ok(Ok(())) if !close => {}
             Ok(Ok(())) => break,
             Ok(Err(error)) => {
@@ -237,12 +263,14 @@ async fn write_queue(mut sink: FrameSink, session: &Session) {
                 session.close("write failed");
                 return;
             }
-            Err(_) => {
-                session.kick(ErrorCode::SlowConsumer, "the client does not read");
-                session.abort.cancel();
-                return;
-            }
+            Err(_) if last_words_until.is_some() => return,
+            // Its backlog is dropped and the kick queued: try to get that out.
+            Err(_) => session.drop_slow_consumer(),
         }
     }
-    let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+    let _ = tokio::time::timeout(LAST_WORDS, async {
+        let _ = sink.send(Outgoing::Close(session.end_code())).await;
+        let _ = sink.close().await;
+    })
+    .await;
 }

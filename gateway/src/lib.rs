@@ -3,23 +3,30 @@
 //! right logic server.
 //!
 //! # Layout
-//! - [`Config`], [`Listeners`], [`run`]: configuration and the gateway's life.
-//! - `transport`: accept loops for WebSocket (`/ws`) and TCP.
+//! - [`Config`], [`Listeners`], [`start`] / [`RunningGateway`], [`run`]: configuration and the
+//!   gateway's life.
+//! - `transport`: accept loops for WebSocket (`/ws`) and TCP; client socket options.
 //! - `connection`: one connection: reader (frames, heartbeats, idle timeout, bounded requests in
-//!   flight) and writer (bounded queue, batching, slow-client cut-off).
-//! - `session`: a session's state, pushes, kicks; `outbox`: its bounded outbound queue. `sessions`: the table and the
-//!   user index.
-//! - `gateway`: shared state and the request path (route, call the logic node, apply login,
-//!   "me" bindings and attributes, answer); drain.
+//!   flight) and writer (bounded queue, batching, slow-client cut-off, last words, linger).
+//! - `session`: a session's state, pushes, kicks; `outbox`: its outbound queue (bounded in bytes
+//!   and age). `sessions`: the table, the user index and the login order.
+//! - `gateway`: the shared state. `request`: the request path (route, call the logic node, map
+//!   what happened to a code). `effects`: what a logic response asks (login, "me" bindings,
+//!   attributes, watch). `drain`: going offline.
 //! - `router`: where a request goes (pure decision over route table, bindings and load).
-//! - `binding`: bind modes (pure). `service`: the gRPC Gateway service (bind, push, kick,
-//!   presence, forwarded across gateways). [`metrics`]: metric names.
+//! - `binding`: bind modes (pure). `refusal`: every answer the gateway gives by itself.
+//! - `service`: the gRPC Gateway service (bind, push, kick, presence, forwarded across
+//!   gateways). [`metrics`]: metric names.
 
 mod binding;
 mod connection;
+mod drain;
+mod effects;
 mod gateway;
 pub mod metrics;
 mod outbox;
+mod refusal;
+mod request;
 mod router;
 mod service;
 mod session;
@@ -30,18 +37,20 @@ use std::{
     collections::HashSet,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     num::NonZeroU32,
+    sync::Arc,
     time::Duration,
 };
 
 use clap::Parser;
 use mesh::NodeKind;
 use proto::gateway::v1::gateway_server::GatewayServer;
-use runtime::{ListenDefaults, Node, NodeArgs};
+use runtime::{BoundAddrs, ListenDefaults, Node, NodeArgs};
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     gateway::{Gateway, Limits},
+    outbox::OutboxLimits,
     service::GatewayService,
     session::SessionLimits,
 };
@@ -86,9 +95,20 @@ pub struct Config {
     #[arg(long, env = "SWITCHYARD_IDLE_TIMEOUT_MS", default_value_t = 30_000)]
     pub idle_timeout_ms: u64,
 
-    /// Frames queued for one client before it counts as not reading and is dropped.
-    #[arg(long, env = "SWITCHYARD_OUTBOUND_QUEUE", default_value_t = 1024)]
-    pub outbound_queue: usize,
+    /// Bytes queued for one client (frames not yet taken by its socket) before it counts as
+    /// not reading and is dropped with SLOW_CONSUMER.
+    #[arg(long, env = "SWITCHYARD_OUTBOUND_QUEUE_BYTES", default_value_t = 4 << 20)]
+    pub outbound_queue_bytes: usize,
+
+    /// A client whose oldest queued frame has waited this long (its socket takes nothing) is
+    /// dropped with SLOW_CONSUMER, in ms.
+    #[arg(long, env = "SWITCHYARD_SLOW_CONSUMER_MS", default_value_t = 3_000)]
+    pub slow_consumer_ms: u64,
+
+    /// Kernel send buffer of each client socket, in bytes (0 = the system's autotuning, which
+    /// lets megabytes pile up behind a client that does not read).
+    #[arg(long, env = "SWITCHYARD_SOCKET_SEND_BUFFER_BYTES", default_value_t = 64 << 10)]
+    pub socket_send_buffer_bytes: usize,
 
     /// Requests of one connection handled at once; more wait (and the connection is not read).
     #[arg(long, env = "SWITCHYARD_MAX_IN_FLIGHT", default_value_t = 64)]
@@ -182,19 +202,40 @@ fn client_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(CLIENT_BACKLOG)
 }
 
-/// Runs the gateway until `shutdown` is cancelled, then drains (clients are told the gateway
-/// is going offline and given the drain grace to leave) and leaves the cluster.
-pub async fn run(
-    config: Config,
-    listeners: Listeners,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+/// The addresses a started gateway serves on.
+#[derive(Clone, Debug)]
+pub struct GatewayAddrs {
+    /// WebSocket clients (`ws://ADDR/ws`).
+    pub ws: SocketAddr,
+    /// TCP clients.
+    pub tcp: SocketAddr,
+    /// gRPC (mesh, Gateway service), gossip and admin HTTP.
+    pub node: BoundAddrs,
+}
+
+/// A gateway that has joined the cluster and accepts clients; [`RunningGateway::run`] serves
+/// until shutdown, then drains and leaves.
+pub struct RunningGateway {
+    /// Where it serves.
+    pub addrs: GatewayAddrs,
+    node: Node,
+    gateway: Arc<Gateway>,
+    stop_accepting: CancellationToken,
+    accept_tasks: TaskTracker,
+    drain_grace: Duration,
+}
+
+/// Starts the gateway: joins the cluster, serves gRPC and accepts clients; returns once it
+/// does, with its bound addresses.
+pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<RunningGateway> {
     let mut node_config = config.node.node_config(NodeKind::GATEWAY);
     let drain_grace = node_config.drain_grace;
-    // Drain within the node's grace period, keeping a little for leaving.
-    node_config.drain_grace = drain_grace + Duration::from_secs(1);
     let ws_addr = listeners.ws.local_addr()?;
     let tcp_addr = listeners.tcp.local_addr()?;
+    let limits = limits(&config);
+    // The node waits for the whole drain: the grace, the answers to requests in flight at its
+    // end, and the closing.
+    node_config.drain_grace = drain::budget(drain_grace, &limits) + Duration::from_secs(1);
     let mut node = Node::start(node_config, listeners.node, |record| {
         let host = config
             .public_host
@@ -208,13 +249,13 @@ pub async fn run(
         record.load.capacity = config.max_sessions;
     })
     .await?;
-    let gateway = Gateway::new(node.mesh().clone(), limits(&config));
+    let gateway = Gateway::new(node.mesh().clone(), limits);
     let service = node.authenticated(GatewayServer::new(GatewayService(gateway.clone())));
     node.serve(|routes| routes.add_service(service)).await?;
     tracing::info!(ws = %ws_addr, tcp = %tcp_addr, "gateway accepting clients");
 
     let stop_accepting = CancellationToken::new();
-    let accept_tasks = tokio_util::task::TaskTracker::new();
+    let accept_tasks = TaskTracker::new();
     accept_tasks.spawn(transport::accept_ws(
         gateway.clone(),
         listeners.ws,
@@ -226,18 +267,53 @@ pub async fn run(
         stop_accepting.clone(),
     ));
     accept_tasks.close();
+    Ok(RunningGateway {
+        addrs: GatewayAddrs {
+            ws: ws_addr,
+            tcp: tcp_addr,
+            node: node.addrs().clone(),
+        },
+        node,
+        gateway,
+        stop_accepting,
+        accept_tasks,
+        drain_grace,
+    })
+}
 
-    let draining = gateway.clone();
-    node.run(
-        shutdown,
-        || async move { draining.drain(drain_grace).await },
-    )
-    .await;
-    stop_accepting.cancel();
-    accept_tasks.wait().await;
-    gateway.tracker.close();
-    let _ = tokio::time::timeout(Duration::from_secs(3), gateway.tracker.wait()).await;
-    Ok(())
+impl RunningGateway {
+    /// Serves until `shutdown` is cancelled, then drains (clients are told the gateway is going
+    /// offline and given the drain grace to leave), leaves the cluster and stops.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let RunningGateway {
+            node,
+            gateway,
+            stop_accepting,
+            accept_tasks,
+            drain_grace,
+            ..
+        } = self;
+        let draining = gateway.clone();
+        node.run(
+            shutdown,
+            || async move { draining.drain(drain_grace).await },
+        )
+        .await;
+        stop_accepting.cancel();
+        accept_tasks.wait().await;
+        gateway.tracker.close();
+        let _ = tokio::time::timeout(Duration::from_secs(3), gateway.tracker.wait()).await;
+        Ok(())
+    }
+}
+
+/// Runs the gateway until `shutdown` is cancelled, then drains and leaves the cluster.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    start(config, listeners).await?.run(shutdown).await
 }
 
 fn limits(config: &Config) -> Limits {
@@ -252,10 +328,15 @@ fn limits(config: &Config) -> Limits {
         idle_timeout: Duration::from_millis(config.idle_timeout_ms.max(100)),
         request_timeout: Duration::from_millis(config.request_timeout_ms.max(1)),
         session: SessionLimits {
-            outbound_queue: config.outbound_queue,
+            max_frame: config.max_frame_bytes,
+            outbox: OutboxLimits {
+                max_bytes: config.outbound_queue_bytes,
+                max_age: Duration::from_millis(config.slow_consumer_ms.max(100)),
+            },
             max_in_flight: config.max_in_flight,
             rate,
         },
+        socket_send_buffer: config.socket_send_buffer_bytes,
         fallback_routes: config
             .fallback_routes
             .iter()

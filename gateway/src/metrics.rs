@@ -19,3 +19,6 @@ pub const BINDINGS: &str = "switchyard_gateway_bindings";
 /// Session objects alive in memory (gauge). Equal to `switchyard_gateway_sessions` once every
 /// closed connection has finished its cleanup; a lasting difference is a leak.
 pub const SESSION_OBJECTS: &str = "switchyard_gateway_session_objects";
+/// Frames the gateway refused to send because they exceed the client frame limit, by reason
+/// (counter). Any count is a logic server asking for the impossible; nobody is disconnected.
+pub const FRAMES_REFUSED: &str = "switchyard_gateway_frames_refused_total";

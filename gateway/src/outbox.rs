@@ -1,6 +1,11 @@
 //! A session's bounded outbound queue: many writers (responses, pushes, kicks) that never
 //! wait, one reader (the connection's writer task).
 //!
+//! The bound is in bytes and in age, not in frames: a burst of many small pushes to a client
+//! that reads is fine, while a client that stops reading is found out by the age of the oldest
+//! frame it has not taken, whatever the traffic. (The socket's kernel send buffer behind the
+//! queue is capped too, in `transport.rs`, so "not taken" means what it says.)
+//!
 //! It holds nothing on the heap until the first frame: an idle session is most sessions, and
 //! tokio's bounded channel allocates its first 32-slot block up front (about 1.3 KiB per
 //! session, measured by `bench s2-idle-memory`).
@@ -8,10 +13,15 @@
 use std::{
     collections::VecDeque,
     sync::{Mutex, MutexGuard, PoisonError},
+    time::Duration,
 };
 
 use bytes::Bytes;
-use tokio::sync::Notify;
+use tokio::{sync::Notify, time::Instant};
+
+/// Bytes a queued frame is charged beyond its length (its queue slot and `Bytes` header), so
+/// many tiny frames cannot hide behind a byte limit.
+pub(crate) const FRAME_OVERHEAD: usize = 48;
 
 /// What the writer task sends.
 #[derive(Debug)]
@@ -25,15 +35,27 @@ pub(crate) enum Outbound {
 /// Why a frame was not queued.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Refused {
-    /// The queue holds its maximum: the client is not reading.
-    Full,
+    /// The client is not reading: the queue holds its byte limit, or its oldest frame has
+    /// waited longer than the age limit.
+    SlowConsumer,
     /// The writer is gone: the connection is closing.
     Closed,
 }
 
+/// The bounds of one queue.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct OutboxLimits {
+    /// Most bytes queued (frames plus [`FRAME_OVERHEAD`] each).
+    pub(crate) max_bytes: usize,
+    /// Longest a queued frame may wait for the writer.
+    pub(crate) max_age: Duration,
+}
+
 #[derive(Default)]
 struct State {
-    queue: VecDeque<Outbound>,
+    /// Items with the time each was queued.
+    queue: VecDeque<(Outbound, Instant)>,
+    bytes: usize,
     /// The reader stopped for good.
     closed: bool,
 }
@@ -42,34 +64,49 @@ struct State {
 pub(crate) struct Outbox {
     state: Mutex<State>,
     ready: Notify,
-    capacity: usize,
+    limits: OutboxLimits,
 }
 
 impl Outbox {
-    pub(crate) fn new(capacity: usize) -> Self {
+    pub(crate) fn new(limits: OutboxLimits) -> Self {
         Self {
             state: Mutex::default(),
             ready: Notify::new(),
-            capacity: capacity.max(1),
+            limits,
         }
+    }
+
+    /// The longest a frame may wait for the writer.
+    pub(crate) fn max_age(&self) -> Duration {
+        self.limits.max_age
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues `item` without waiting. `Close` is always taken (it is what a full queue ends
-    /// with), frames only below the capacity.
+    /// Queues `item` without waiting. `Close` is always taken (it is what a refused queue ends
+    /// with); a frame only while the queue is under its byte limit and its oldest frame is
+    /// younger than the age limit.
     pub(crate) fn try_send(&self, item: Outbound) -> Result<(), Refused> {
+        let now = Instant::now();
         {
             let mut state = self.state();
             if state.closed {
                 return Err(Refused::Closed);
             }
-            if matches!(item, Outbound::Frame(_)) && state.queue.len() >= self.capacity {
-                return Err(Refused::Full);
+            if let Outbound::Frame(frame) = &item {
+                let cost = frame.len() + FRAME_OVERHEAD;
+                let stale = state
+                    .queue
+                    .front()
+                    .is_some_and(|(_, at)| now.duration_since(*at) > self.limits.max_age);
+                if stale || state.bytes + cost > self.limits.max_bytes.max(cost) {
+                    return Err(Refused::SlowConsumer);
+                }
+                state.bytes += cost;
             }
-            state.queue.push_back(item);
+            state.queue.push_back((item, now));
         }
         // Stores a permit when the reader is not waiting, so no wake-up is lost.
         self.ready.notify_one();
@@ -78,7 +115,12 @@ impl Outbox {
 
     /// The next item, if one is queued.
     pub(crate) fn try_recv(&self) -> Option<Outbound> {
-        self.state().queue.pop_front()
+        let mut state = self.state();
+        let (item, _) = state.queue.pop_front()?;
+        if let Outbound::Frame(frame) = &item {
+            state.bytes -= frame.len() + FRAME_OVERHEAD;
+        }
+        Some(item)
     }
 
     /// Waits for the next item.
@@ -91,11 +133,20 @@ impl Outbox {
         }
     }
 
+    /// Forgets every queued frame (a slow consumer's backlog) and keeps the queue open, so a
+    /// last frame (the kick) can still be queued.
+    pub(crate) fn clear(&self) {
+        let mut state = self.state();
+        state.queue = VecDeque::new();
+        state.bytes = 0;
+    }
+
     /// The reader is gone: later sends are refused and what is queued is dropped.
     pub(crate) fn close(&self) {
         let mut state = self.state();
         state.closed = true;
         state.queue = VecDeque::new();
+        state.bytes = 0;
     }
 }
 
@@ -103,50 +154,99 @@ impl Outbox {
 mod tests {
     use super::*;
 
-    fn frame(n: u8) -> Outbound {
-        Outbound::Frame(Bytes::from(vec![n]))
+    fn frame(len: usize) -> Outbound {
+        Outbound::Frame(Bytes::from(vec![7; len]))
+    }
+
+    fn limits(max_bytes: usize, max_age_ms: u64) -> OutboxLimits {
+        OutboxLimits {
+            max_bytes,
+            max_age: Duration::from_millis(max_age_ms),
+        }
+    }
+
+    fn drain(outbox: &Outbox) -> Vec<String> {
+        std::iter::from_fn(|| outbox.try_recv())
+            .map(|item| match item {
+                Outbound::Frame(f) => format!("frame {}", f.len()),
+                Outbound::Close => "close".to_owned(),
+            })
+            .collect()
     }
 
     #[test]
-    fn frames_come_out_in_order_up_to_the_capacity() {
-        let outbox = Outbox::new(2);
-        assert_eq!(outbox.try_send(frame(1)), Ok(()));
-        assert_eq!(outbox.try_send(frame(2)), Ok(()));
-        assert_eq!(outbox.try_send(frame(3)), Err(Refused::Full));
-        // A close still fits: it is how a full queue ends.
+    fn frames_come_out_in_order_up_to_the_byte_limit() {
+        let outbox = Outbox::new(limits(2 * (100 + FRAME_OVERHEAD), 60_000));
+        assert_eq!(outbox.try_send(frame(100)), Ok(()));
+        assert_eq!(outbox.try_send(frame(100)), Ok(()));
+        assert_eq!(outbox.try_send(frame(1)), Err(Refused::SlowConsumer));
+        // A close still fits: it is how a refused queue ends.
         assert_eq!(outbox.try_send(Outbound::Close), Ok(()));
-        let order: Vec<String> = std::iter::from_fn(|| outbox.try_recv())
-            .map(|item| format!("{item:?}"))
-            .collect();
-        assert_eq!(
-            order,
-            [
-                format!("{:?}", frame(1)),
-                format!("{:?}", frame(2)),
-                "Close".to_owned()
-            ]
-        );
+        assert_eq!(drain(&outbox), ["frame 100", "frame 100", "close"]);
+        // Taking frames frees their bytes.
+        assert_eq!(outbox.try_send(frame(100)), Ok(()));
+    }
+
+    #[test]
+    fn a_burst_of_many_small_frames_fits_a_byte_limit_that_a_frame_count_would_not() {
+        let outbox = Outbox::new(limits(1 << 20, 60_000));
+        for _ in 0..1_500 {
+            assert_eq!(outbox.try_send(frame(40)), Ok(()));
+        }
+        assert_eq!(drain(&outbox).len(), 1_500);
+    }
+
+    #[test]
+    fn one_frame_larger_than_the_limit_is_taken_into_an_empty_queue() {
+        // The byte limit bounds the backlog; a single frame the connection may carry is never
+        // refused for its own size (the frame limit decides that, before queueing).
+        let outbox = Outbox::new(limits(64, 60_000));
+        assert_eq!(outbox.try_send(frame(1000)), Ok(()));
+        assert_eq!(outbox.try_send(frame(1)), Err(Refused::SlowConsumer));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_frame_waiting_longer_than_the_age_limit_marks_a_slow_consumer() {
+        let outbox = Outbox::new(limits(1 << 20, 1_000));
+        assert_eq!(outbox.try_send(frame(1)), Ok(()));
+        tokio::time::advance(Duration::from_millis(900)).await;
+        assert_eq!(outbox.try_send(frame(1)), Ok(()), "still young");
+        tokio::time::advance(Duration::from_millis(200)).await;
+        assert_eq!(outbox.try_send(frame(1)), Err(Refused::SlowConsumer));
+        // Once the writer takes the old frames, the queue is young again.
+        drain(&outbox);
+        assert_eq!(outbox.try_send(frame(1)), Ok(()));
     }
 
     #[test]
     fn a_closed_outbox_refuses_and_forgets() {
-        let outbox = Outbox::new(4);
+        let outbox = Outbox::new(limits(1 << 20, 60_000));
         outbox.try_send(frame(1)).expect("queued");
         outbox.close();
         assert_eq!(outbox.try_send(frame(2)), Err(Refused::Closed));
         assert!(outbox.try_recv().is_none());
     }
 
+    #[test]
+    fn a_cleared_outbox_takes_a_last_frame() {
+        let outbox = Outbox::new(limits(200, 60_000));
+        outbox.try_send(frame(100)).expect("queued");
+        assert_eq!(outbox.try_send(frame(100)), Err(Refused::SlowConsumer));
+        outbox.clear();
+        assert_eq!(outbox.try_send(frame(10)), Ok(()));
+        assert_eq!(drain(&outbox), ["frame 10"]);
+    }
+
     #[tokio::test]
     async fn the_reader_wakes_for_a_frame_sent_while_it_was_not_waiting() {
-        let outbox = std::sync::Arc::new(Outbox::new(4));
+        let outbox = std::sync::Arc::new(Outbox::new(limits(1 << 20, 60_000)));
         outbox.try_send(frame(7)).expect("queued");
         assert!(matches!(outbox.recv().await, Outbound::Frame(_)));
         let sender = outbox.clone();
         let reader = tokio::spawn(async move { outbox.recv().await });
         tokio::task::yield_now().await;
         sender.try_send(Outbound::Close).expect("queued");
-        let got = tokio::time::timeout(std::time::Duration::from_secs(2), reader)
+        let got = tokio::time::timeout(Duration::from_secs(2), reader)
             .await
             .expect("woken")
             .expect("joined");
@@ -155,7 +255,7 @@ mod tests {
 
     #[test]
     fn an_idle_outbox_holds_nothing_on_the_heap() {
-        let outbox = Outbox::new(1024);
+        let outbox = Outbox::new(limits(1 << 20, 60_000));
         assert_eq!(outbox.state().queue.capacity(), 0);
     }
 }

@@ -8,10 +8,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::{binding::Binding, refusal::Refusal};
 use mesh::{NodeId, NodeInfo, membership::Members};
-use wire::ErrorCode;
-
-use crate::binding::Binding;
 
 /// Routes and who serves them, from one member list.
 pub(crate) struct RouteTable {
@@ -51,8 +49,8 @@ impl RouteTable {
 pub(crate) enum Decision {
     /// To this node; `bound` when a binding chose it.
     Send { node: NodeId, bound: bool },
-    /// Answered by the gateway with this error.
-    Refuse(ErrorCode, &'static str),
+    /// Answered by the gateway with this refusal.
+    Refuse(Refusal),
 }
 
 /// Decides where a request for `route` goes. Returns the bindings to drop (nodes that served
@@ -62,7 +60,8 @@ pub(crate) enum Decision {
 ///    if the node is draining: it finishes existing work.
 /// 2. A binding whose node is gone but served the route fails the request with
 ///    `BOUND_NODE_UNAVAILABLE`, unless the route falls back to normal selection.
-/// 3. Unknown route: `ROUTE_NOT_FOUND`. Not logged in and not a public route: `LOGIN_REQUIRED`.
+/// 3. Not logged in and not a public route (known or not): `LOGIN_REQUIRED`, so anonymous
+///    clients cannot probe which routes exist. Unknown route: `ROUTE_NOT_FOUND`.
 /// 4. Otherwise the least loaded of two random online nodes serving the route; never a
 ///    draining node, and not a node whose calls just failed (`healthy` false) unless no other
 ///    is left. None online: `NO_NODE_AVAILABLE`.
@@ -93,30 +92,18 @@ pub(crate) fn decide(
             None if binding.served(route) => {
                 gone.push(binding.node.clone());
                 if !fallback {
-                    return (
-                        Decision::Refuse(
-                            ErrorCode::BoundNodeUnavailable,
-                            "the node this user is bound to for this route is gone",
-                        ),
-                        gone,
-                    );
+                    return (Decision::Refuse(Refusal::BoundNodeGone), gone);
                 }
             }
             None => {}
         }
     }
-    let Some(serving) = table.by_route.get(&route) else {
-        return (
-            Decision::Refuse(ErrorCode::RouteNotFound, "no server handles this route"),
-            gone,
-        );
-    };
     if !logged_in && !table.public.contains(&route) {
-        return (
-            Decision::Refuse(ErrorCode::LoginRequired, "log in first"),
-            gone,
-        );
+        return (Decision::Refuse(Refusal::LoginRequired), gone);
     }
+    let Some(serving) = table.by_route.get(&route) else {
+        return (Decision::Refuse(Refusal::RouteNotFound), gone);
+    };
     let mut online: Vec<&NodeInfo> = serving
         .iter()
         .filter_map(|id| table.members.get(id))
@@ -130,10 +117,7 @@ pub(crate) fn decide(
             node: node.id.clone(),
             bound: false,
         },
-        None => Decision::Refuse(
-            ErrorCode::NoNodeAvailable,
-            "every server for this route is draining or gone",
-        ),
+        None => Decision::Refuse(Refusal::NoNodeAvailable),
     };
     (decision, gone)
 }
@@ -334,7 +318,9 @@ mod tests {
         let got = match decision {
             Decision::Send { node, bound: true } => format!("bound {node}"),
             Decision::Send { node, bound: false } => format!("send {node}"),
-            Decision::Refuse(code, _) => wire::envelope::code_name(code as u32).to_owned(),
+            Decision::Refuse(refusal) => {
+                wire::envelope::code_name(refusal.code() as u32).to_owned()
+            }
         };
         assert_eq!(got, expected);
         let gone: Vec<&str> = gone.iter().map(NodeId::as_str).collect();
@@ -348,13 +334,15 @@ mod tests {
         let b = || node("b", &[PLAY], &[], Online, 1);
         let b_draining = || node("b", &[PLAY], &[], Offline, 0);
         // Unknown route, before or after login.
+        // Before login an unknown route is LOGIN_REQUIRED too: the gateway does not tell
+        // anonymous clients which routes exist.
         check(
             vec![a()],
             0x9_0009,
             false,
             &[],
             false,
-            "route_not_found",
+            "login_required",
             &[],
         );
         check(

@@ -1,11 +1,11 @@
-//! The gateway's gRPC service for other services: Bind, Push, Kick, Presence. Each applies to
-//! the users connected here and, unless `local_only`, forwards the others to every other
-//! gateway (one call per gateway) and merges the answers.
+//! The gateway's gRPC service for other services: Bind, Push, PushBatch, Kick, Presence. Each
+//! applies to the users connected here and, unless `local_only`, forwards the others to every
+//! other gateway (`Mesh::fan_out`, one call per gateway) and merges the answers.
 
-use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};
+use std::{collections::HashMap, future::Future, sync::Arc};
 
-use futures::future::join_all;
-use mesh::NodeId;
+use bytes::Bytes;
+use mesh::{NodeId, NotOnline, PeerChannel};
 use proto::{
     gateway::v1::{self as pb, gateway_client::GatewayClient, gateway_server},
     logic::v1::BindMode,
@@ -14,19 +14,24 @@ use tonic::{Request, Response, Status};
 use tracing::warn;
 use wire::ErrorCode;
 
-use crate::gateway::Gateway;
-
-/// Time allowed to another gateway for a forwarded call.
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(3);
+use crate::{
+    gateway::{FORWARD_TIMEOUT, Gateway},
+    session::Pushed,
+    sessions::{LoginStamp, Older},
+};
 
 pub(crate) struct GatewayService(pub(crate) Arc<Gateway>);
 
-fn applied(user: &str, gateway: &NodeId) -> pb::UserResult {
+fn result(user: &str, outcome: pb::Outcome, gateway: &NodeId) -> pb::UserResult {
     pb::UserResult {
         user_id: user.to_owned(),
-        outcome: pb::Outcome::Applied as i32,
+        outcome: outcome as i32,
         gateway_node: gateway.to_string(),
     }
+}
+
+fn applied(user: &str, gateway: &NodeId) -> pb::UserResult {
+    result(user, pb::Outcome::Applied, gateway)
 }
 
 fn not_online(user: &str) -> pb::UserResult {
@@ -38,7 +43,8 @@ fn not_online(user: &str) -> pb::UserResult {
 }
 
 impl GatewayService {
-    /// Forwards `call` to every other gateway for the users not found here, and merges.
+    /// Forwards `call` to every other gateway for the users not found here, and merges: a
+    /// user's result from another gateway replaces "not online" here.
     async fn forward<F, Fut>(
         &self,
         mut results: Vec<pb::UserResult>,
@@ -46,35 +52,37 @@ impl GatewayService {
         call: F,
     ) -> pb::UserResults
     where
-        F: Fn(GatewayClient<mesh::PeerChannel>, Vec<String>) -> Fut,
+        F: Fn(GatewayClient<PeerChannel>, Vec<String>) -> Fut,
         Fut: Future<Output = Result<Response<pb::UserResults>, Status>>,
     {
         let missing: Vec<String> = results
             .iter()
-            .filter(|r| r.outcome != pb::Outcome::Applied as i32)
+            .filter(|r| r.outcome == pb::Outcome::NotOnline as i32)
             .map(|r| r.user_id.clone())
             .collect();
         if local_only || missing.is_empty() {
             return pb::UserResults { results };
         }
         let gateway = &self.0;
-        let calls = gateway.other_gateways().into_iter().filter_map(|node| {
-            let channel = gateway.mesh.peer_channel(&node).ok()?;
-            let call = call(GatewayClient::new(channel), missing.clone());
-            Some(async move { (node, tokio::time::timeout(FORWARD_TIMEOUT, call).await) })
-        });
+        let answers = gateway
+            .mesh
+            .fan_out(gateway.other_gateways(), FORWARD_TIMEOUT, |channel| {
+                call(GatewayClient::new(channel), missing.clone())
+            })
+            .await;
         let mut found: HashMap<String, pb::UserResult> = HashMap::new();
-        for (node, answer) in join_all(calls).await {
-            match answer {
-                Ok(Ok(reply)) => {
-                    for result in reply.into_inner().results {
-                        if result.outcome == pb::Outcome::Applied as i32 {
+        for answer in answers {
+            match answer.result {
+                Ok(reply) => {
+                    for result in reply.results {
+                        if result.outcome != pb::Outcome::NotOnline as i32 {
                             found.insert(result.user_id.clone(), result);
                         }
                     }
                 }
-                Ok(Err(status)) => warn!(%node, %status, "a gateway refused a forwarded call"),
-                Err(_) => warn!(%node, "a gateway did not answer a forwarded call in time"),
+                Err(error) => {
+                    warn!(gateway = %answer.node, %error, "a forwarded call was not answered")
+                }
             }
         }
         for result in &mut results {
@@ -83,6 +91,17 @@ impl GatewayService {
             }
         }
         pb::UserResults { results }
+    }
+
+    fn check_push(&self, route: u32, payload: &Bytes) -> Result<(), Status> {
+        if self.0.push_fits(route, payload) {
+            return Ok(());
+        }
+        Err(Status::invalid_argument(format!(
+            "a push of {} payload bytes exceeds the client frame limit of {} bytes (--max-frame-bytes); it could never be delivered",
+            payload.len(),
+            self.0.limits.max_frame
+        )))
     }
 }
 
@@ -105,19 +124,12 @@ impl gateway_server::Gateway for GatewayService {
             .iter()
             .map(|id| NodeId::new(id.as_str()))
             .collect();
-        let bindings = gateway.bindings_for(mode, &ids).map_err(|unknown| {
-            let names: Vec<&str> = unknown.iter().map(NodeId::as_str).collect();
-            Status::invalid_argument(format!("unknown node ids: {}", names.join(", ")))
-        })?;
-        if matches!(mode, BindMode::Cover | BindMode::Append)
-            && let Some(draining) = ids
-                .iter()
-                .find(|id| !gateway.mesh.cluster().is_node_online(id))
-        {
-            return Err(Status::failed_precondition(format!(
-                "node {draining} is draining and takes no new users"
-            )));
-        }
+        let bindings = gateway
+            .bindings_for(mode, &ids)
+            .map_err(|refused| match refused {
+                NotOnline::Unknown(_) => Status::invalid_argument(refused.to_string()),
+                NotOnline::Draining(_) => Status::failed_precondition(refused.to_string()),
+            })?;
         let results = request
             .user_ids
             .iter()
@@ -147,18 +159,17 @@ impl gateway_server::Gateway for GatewayService {
         request: Request<pb::PushRequest>,
     ) -> Result<Response<pb::UserResults>, Status> {
         let request = request.into_inner();
+        self.check_push(request.route, &request.payload)?;
         let gateway = &self.0;
-        let delivered = gateway.push_local(&request.user_ids, request.route, &request.payload);
         let results = request
             .user_ids
             .iter()
-            .map(|user| {
-                if delivered.get(user) == Some(&true) {
-                    applied(user, &gateway.node_id)
-                } else {
-                    not_online(user)
-                }
-            })
+            .map(
+                |user| match gateway.push_one(user, request.route, &request.payload) {
+                    Pushed::Queued => applied(user, &gateway.node_id),
+                    Pushed::TooLarge | Pushed::Closed => not_online(user),
+                },
+            )
             .collect();
         let reply = self
             .forward(results, request.local_only, |mut client, users| {
@@ -180,11 +191,23 @@ impl gateway_server::Gateway for GatewayService {
         let gateway = &self.0;
         let mut reply = pb::PushBatchReply::default();
         for push in request.into_inner().pushes {
+            if !gateway.push_fits(push.route, &push.payload) {
+                warn!(
+                    route = push.route,
+                    size = push.payload.len(),
+                    max = gateway.limits.max_frame,
+                    "refusing a push over the client frame limit"
+                );
+                ::metrics::counter!(crate::metrics::FRAMES_REFUSED, "reason" => "too_large")
+                    .increment(1);
+                reply.too_large += 1;
+                continue;
+            }
             for user in &push.user_ids {
-                if gateway.push_one(user, push.route, &push.payload) {
-                    reply.delivered += 1;
-                } else {
-                    reply.not_online += 1;
+                match gateway.push_one(user, push.route, &push.payload) {
+                    Pushed::Queued => reply.delivered += 1,
+                    Pushed::TooLarge => reply.too_large += 1,
+                    Pushed::Closed => reply.not_online += 1,
                 }
             }
         }
@@ -202,20 +225,25 @@ impl gateway_server::Gateway for GatewayService {
         } else {
             request.code
         };
+        let older_than = request.older_than.as_ref().map(LoginStamp::from_proto);
         let results = request
             .user_ids
             .iter()
             .map(|user| {
-                let session = gateway.sessions.by_user(user).filter(|s| {
-                    request.logged_in_before_ms == 0
-                        || s.state().logged_in_at_ms < request.logged_in_before_ms
-                });
-                match session {
-                    Some(session) => {
+                let found = match &older_than {
+                    Some(stamp) => gateway.sessions.older_than(user, stamp),
+                    None => gateway
+                        .sessions
+                        .by_user(user)
+                        .map_or(Older::None, Older::Found),
+                };
+                match found {
+                    Older::Found(session) => {
                         session.kick_with(code, &request.reason);
                         applied(user, &gateway.node_id)
                     }
-                    None => not_online(user),
+                    Older::NewerHere => result(user, pb::Outcome::NewerHere, &gateway.node_id),
+                    Older::None => not_online(user),
                 }
             })
             .collect();
@@ -260,20 +288,20 @@ impl gateway_server::Gateway for GatewayService {
             .map(|u| u.user_id.clone())
             .collect();
         if !request.local_only && !missing.is_empty() {
-            let calls = gateway.other_gateways().into_iter().filter_map(|node| {
-                let channel = gateway.mesh.peer_channel(&node).ok()?;
-                let forwarded = pb::PresenceRequest {
-                    user_ids: missing.clone(),
-                    local_only: true,
-                };
-                Some(async move {
-                    let mut client = GatewayClient::new(channel);
-                    tokio::time::timeout(FORWARD_TIMEOUT, client.presence(forwarded)).await
+            let forwarded = pb::PresenceRequest {
+                user_ids: missing,
+                local_only: true,
+            };
+            let answers = gateway
+                .mesh
+                .fan_out(gateway.other_gateways(), FORWARD_TIMEOUT, |channel| {
+                    let forwarded = forwarded.clone();
+                    async move { GatewayClient::new(channel).presence(forwarded).await }
                 })
-            });
+                .await;
             let mut found: HashMap<String, pb::UserPresence> = HashMap::new();
-            for reply in join_all(calls).await.into_iter().flatten().flatten() {
-                for user in reply.into_inner().users.into_iter().filter(|u| u.online) {
+            for reply in answers.into_iter().filter_map(|a| a.result.ok()) {
+                for user in reply.users.into_iter().filter(|u| u.online) {
                     found.insert(user.user_id.clone(), user);
                 }
             }

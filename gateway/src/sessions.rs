@@ -1,6 +1,11 @@
-//! The session table of this gateway, with an index by user id.
+//! The session table of this gateway, with an index by user id and the login order.
+//!
+//! Two logins of one user are ordered by their [`LoginStamp`]: time, then gateway node id, then
+//! this gateway's login counter. No two stamps are equal, so between any two sessions of a user
+//! exactly one is newer, and the newer one is the one that stays, on whichever gateway it is.
 
 use std::{
+    cmp::Ordering as CmpOrdering,
     collections::HashMap,
     sync::{
         Arc, Mutex,
@@ -8,12 +13,79 @@ use std::{
     },
 };
 
-use crate::session::Session;
+use mesh::NodeId;
+use proto::gateway::v1 as pb;
+use tokio::sync::Notify;
+
+use crate::{refusal::Refusal, session::Session};
+
+/// When a session logged in, as a total order (see the module doc).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct LoginStamp {
+    pub(crate) at_ms: u64,
+    pub(crate) gateway: NodeId,
+    pub(crate) seq: u64,
+}
+
+impl Ord for LoginStamp {
+    fn cmp(&self, other: &Self) -> CmpOrdering {
+        (self.at_ms, &self.gateway, self.seq).cmp(&(other.at_ms, &other.gateway, other.seq))
+    }
+}
+
+impl PartialOrd for LoginStamp {
+    fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl LoginStamp {
+    pub(crate) fn to_proto(&self) -> pb::LoginStamp {
+        pb::LoginStamp {
+            at_ms: self.at_ms,
+            gateway_node: self.gateway.to_string(),
+            seq: self.seq,
+        }
+    }
+
+    pub(crate) fn from_proto(stamp: &pb::LoginStamp) -> Self {
+        Self {
+            at_ms: stamp.at_ms,
+            gateway: NodeId::new(stamp.gateway_node.as_str()),
+            seq: stamp.seq,
+        }
+    }
+}
+
+/// What a login did to the table.
+pub(crate) enum Login {
+    /// The session was already logged in as this user: nothing changed.
+    Again,
+    /// The session is now the user's; `displaced` is the user's older session here, if any
+    /// (the caller kicks it).
+    New {
+        stamp: LoginStamp,
+        displaced: Option<Arc<Session>>,
+    },
+}
+
+/// What a kick of older logins found for one user.
+pub(crate) enum Older {
+    /// The user's session here logged in before the stamp: the caller kicks it.
+    Found(Arc<Session>),
+    /// The user's session here logged in after the stamp: it stays.
+    NewerHere,
+    /// No session of the user here.
+    None,
+}
 
 #[derive(Default)]
 struct Index {
     by_id: HashMap<u64, Arc<Session>>,
     by_user: HashMap<Arc<str>, u64>,
+    /// Time of the last login stamp given, so stamps never go back on this gateway.
+    last_login_ms: u64,
+    logins: u64,
 }
 
 /// Every session on this gateway.
@@ -21,6 +93,8 @@ struct Index {
 pub(crate) struct Sessions {
     index: Mutex<Index>,
     next_id: AtomicU64,
+    /// Signalled whenever a session is added or removed (drain waits on it).
+    changed: Notify,
 }
 
 impl Sessions {
@@ -30,49 +104,106 @@ impl Sessions {
 
     /// Adds a session; returns how many there are now.
     pub(crate) fn insert(&self, session: Arc<Session>) -> usize {
-        let mut index = self.lock();
-        index.by_id.insert(session.id, session);
-        index.by_id.len()
+        let count = {
+            let mut index = self.lock();
+            index.by_id.insert(session.id, session);
+            index.by_id.len()
+        };
+        self.changed.notify_waiters();
+        count
     }
 
     /// Removes a session (and its user index entry if it still points here); returns how many
     /// sessions remain.
     pub(crate) fn remove(&self, session: &Session) -> usize {
+        let count = {
+            let mut index = self.lock();
+            index.by_id.remove(&session.id);
+            if let Some(user) = session.user()
+                && index.by_user.get(&user) == Some(&session.id)
+            {
+                index.by_user.remove(&user);
+            }
+            index.by_id.len()
+        };
+        self.changed.notify_waiters();
+        count
+    }
+
+    /// Waits until the table changes (register interest, then check the condition, then await:
+    /// `let changed = sessions.changed(); if done { .. } changed.await`).
+    pub(crate) fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changed.notified()
+    }
+
+    /// Attaches `user` to `session`, stamped as this gateway's newest login. A session logged
+    /// in as another user is refused (`ALREADY_LOGGED_IN`); the same user again changes
+    /// nothing.
+    pub(crate) fn login(
+        &self,
+        session: &Arc<Session>,
+        user: Arc<str>,
+        gateway: &NodeId,
+        now_ms: u64,
+    ) -> Result<Login, Refusal> {
         let mut index = self.lock();
-        index.by_id.remove(&session.id);
+        let mut state = session.state();
+        match &state.user {
+            Some(current) if *current == user => return Ok(Login::Again),
+            Some(_) => return Err(Refusal::AlreadyLoggedIn),
+            None => {}
+        }
+        index.last_login_ms = index.last_login_ms.max(now_ms);
+        index.logins += 1;
+        let stamp = LoginStamp {
+            at_ms: index.last_login_ms,
+            gateway: gateway.clone(),
+            seq: index.logins,
+        };
+        state.user = Some(user.clone());
+        state.login = Some(stamp.clone());
+        drop(state);
+        let displaced = index
+            .by_user
+            .insert(user, session.id)
+            .filter(|id| *id != session.id)
+            .and_then(|id| index.by_id.get(&id).cloned());
+        Ok(Login::New { stamp, displaced })
+    }
+
+    /// The user's session here, compared with a login elsewhere stamped `stamp`.
+    pub(crate) fn older_than(&self, user: &str, stamp: &LoginStamp) -> Older {
+        let index = self.lock();
+        let Some(session) = index
+            .by_user
+            .get(user)
+            .and_then(|id| index.by_id.get(id))
+            .cloned()
+        else {
+            return Older::None;
+        };
+        drop(index);
+        let newer = session
+            .state()
+            .login
+            .as_ref()
+            .is_some_and(|mine| mine > stamp);
+        if newer {
+            Older::NewerHere
+        } else {
+            Older::Found(session)
+        }
+    }
+
+    /// Unlinks `session` from its user (it lost a login race and is being kicked), so pushes
+    /// for the user no longer reach it.
+    pub(crate) fn forget_user(&self, session: &Session) {
+        let mut index = self.lock();
         if let Some(user) = session.user()
             && index.by_user.get(&user) == Some(&session.id)
         {
             index.by_user.remove(&user);
         }
-        index.by_id.len()
-    }
-
-    /// Attaches `user` to `session`; returns the session the user had here before, if any.
-    pub(crate) fn login(
-        &self,
-        session: &Arc<Session>,
-        user: Arc<str>,
-        now_ms: u64,
-    ) -> Option<Arc<Session>> {
-        let mut index = self.lock();
-        let previous_user = {
-            let mut state = session.state();
-            let previous = state.user.replace(user.clone());
-            state.logged_in_at_ms = now_ms;
-            previous
-        };
-        if let Some(previous) = previous_user
-            && previous != user
-            && index.by_user.get(&previous) == Some(&session.id)
-        {
-            index.by_user.remove(&previous);
-        }
-        let displaced = index.by_user.insert(user, session.id)?;
-        if displaced == session.id {
-            return None;
-        }
-        index.by_id.get(&displaced).cloned()
     }
 
     /// The session of `user`, if connected here.
@@ -98,5 +229,33 @@ impl Sessions {
         self.index
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stamp(at_ms: u64, gateway: &str, seq: u64) -> LoginStamp {
+        LoginStamp {
+            at_ms,
+            gateway: NodeId::new(gateway),
+            seq,
+        }
+    }
+
+    #[test]
+    fn login_stamps_are_a_total_order_that_never_ties() {
+        // Time first; the same millisecond is decided by gateway id, then by the counter.
+        assert!(stamp(2, "a", 1) > stamp(1, "z", 9));
+        assert!(stamp(5, "g2", 1) > stamp(5, "g1", 7));
+        assert!(stamp(5, "g1", 8) > stamp(5, "g1", 7));
+        // Two different logins never compare equal (the pair (gateway, seq) is unique).
+        let logins = [stamp(5, "g1", 1), stamp(5, "g2", 1), stamp(5, "g1", 2)];
+        for (i, a) in logins.iter().enumerate() {
+            for (j, b) in logins.iter().enumerate() {
+                assert_eq!(a == b, i == j);
+            }
+        }
     }
 }

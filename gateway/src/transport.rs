@@ -1,6 +1,11 @@
 //! Accept loops for the two client transports: WebSocket (binary messages on `/ws`) and TCP
 //! (length-prefixed frames). Each accepted connection becomes a frame stream and sink served
 //! by `connection::serve`.
+//!
+//! Every client socket gets Nagle off and a capped kernel send buffer
+//! (`--socket-send-buffer-bytes`): the session's queue is bounded in bytes and age, and a queue
+//! is only bounded if the kernel buffer behind it is too (left alone, Linux grows a socket's
+//! send buffer to megabytes for a client that does not read).
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -8,15 +13,22 @@ use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt, future};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::{
+    Message,
     handshake::server::{ErrorResponse, Request, Response},
     http::StatusCode,
-    protocol::WebSocketConfig,
+    protocol::{CloseFrame, WebSocketConfig, frame::coding::CloseCode},
 };
-use tokio_util::{codec::Framed, sync::CancellationToken};
+use tokio_util::{
+    codec::{Decoder, Encoder, Framed},
+    sync::CancellationToken,
+};
 use tracing::{debug, warn};
-use wire::{FrameCodec, FrameError};
+use wire::{ErrorCode, FrameCodec, FrameError};
 
-use crate::{connection, gateway::Gateway};
+use crate::{
+    connection::{self, Outgoing},
+    gateway::Gateway,
+};
 
 /// How long a client may take to complete the WebSocket handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -27,6 +39,7 @@ async fn accept_loop(
     listener: TcpListener,
     stop: CancellationToken,
     transport: &'static str,
+    send_buffer: usize,
     mut serve: impl FnMut(TcpStream, SocketAddr),
 ) {
     loop {
@@ -42,6 +55,11 @@ async fn accept_loop(
             },
         };
         let _ = stream.set_nodelay(true);
+        if send_buffer > 0
+            && let Err(error) = socket2::SockRef::from(&stream).set_send_buffer_size(send_buffer)
+        {
+            debug!(%error, "could not cap the socket send buffer");
+        }
         serve(stream, peer);
     }
 }
@@ -51,8 +69,9 @@ pub(crate) async fn accept_tcp(
     listener: TcpListener,
     stop: CancellationToken,
 ) {
-    let codec = FrameCodec::new(gateway.limits.max_frame);
-    accept_loop(listener, stop, "tcp", |stream, peer| {
+    let codec = TcpCodec(FrameCodec::new(gateway.limits.max_frame));
+    let send_buffer = gateway.limits.socket_send_buffer;
+    accept_loop(listener, stop, "tcp", send_buffer, |stream, peer| {
         let (sink, stream) = tcp_framed(stream, codec).split();
         gateway.tracker.spawn(connection::serve(
             gateway.clone(),
@@ -65,12 +84,37 @@ pub(crate) async fn accept_tcp(
     .await;
 }
 
+/// The TCP framing with the writer's close as a no-op (TCP has no close frame: closing the
+/// sink shuts the socket for writing).
+#[derive(Clone, Copy, Debug)]
+struct TcpCodec(FrameCodec);
+
+impl Decoder for TcpCodec {
+    type Item = Bytes;
+    type Error = FrameError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
+        self.0.decode(src)
+    }
+}
+
+impl Encoder<Outgoing> for TcpCodec {
+    type Error = FrameError;
+
+    fn encode(&mut self, item: Outgoing, dst: &mut BytesMut) -> Result<(), FrameError> {
+        match item {
+            Outgoing::Frame(frame) => self.0.encode(frame, dst),
+            Outgoing::Close(_) => Ok(()),
+        }
+    }
+}
+
 /// Frames over a client's TCP connection, with buffers sized for the idle session most
 /// connections are: a 1 KiB read buffer (a typical message in one read; it grows only for a
 /// larger frame) and a write buffer allocated on the first write, growing to the largest burst.
 /// Writes still batch up to 2 KiB before the sink makes room by flushing. (Framed's defaults,
 /// 8 KiB each, cost about 3 KiB more per idle session in `bench s2-idle-memory`.)
-fn tcp_framed(stream: TcpStream, codec: FrameCodec) -> Framed<TcpStream, FrameCodec> {
+fn tcp_framed(stream: TcpStream, codec: TcpCodec) -> Framed<TcpStream, TcpCodec> {
     let mut framed = Framed::with_capacity(stream, codec, 2048);
     *framed.read_buffer_mut() = BytesMut::with_capacity(1024);
     *framed.write_buffer_mut() = BytesMut::new();
@@ -83,7 +127,8 @@ pub(crate) async fn accept_ws(
     stop: CancellationToken,
 ) {
     let config = wire::ws::config(gateway.limits.max_frame);
-    accept_loop(listener, stop, "ws", |stream, peer| {
+    let send_buffer = gateway.limits.socket_send_buffer;
+    accept_loop(listener, stop, "ws", send_buffer, |stream, peer| {
         gateway
             .tracker
             .spawn(serve_ws(gateway.clone(), stream, peer, config));
@@ -116,9 +161,30 @@ async fn serve_ws(
     let (sink, stream) = ws.split();
     let sink = sink
         .sink_map_err(|e| FrameError::Transport(e.to_string()))
-        .with(|frame: Bytes| future::ready(Ok::<_, FrameError>(wire::ws::message(frame))));
+        .with(|out: Outgoing| future::ready(Ok::<_, FrameError>(ws_message(out))));
     let stream = stream.filter_map(|message| future::ready(wire::ws::frame(message)));
     connection::serve(gateway, Box::pin(stream), Box::pin(sink), peer, "ws").await;
+}
+
+/// A frame as a binary message; the close as a close frame whose status says why: 1009 for a
+/// frame over the limit, 1001 when the gateway drains, 1008 for a client that does not read,
+/// 1000 otherwise.
+fn ws_message(out: Outgoing) -> Message {
+    match out {
+        Outgoing::Frame(frame) => wire::ws::message(frame),
+        Outgoing::Close(code) => {
+            let status = match ErrorCode::try_from(code as i32) {
+                Ok(ErrorCode::TooLarge) => CloseCode::Size,
+                Ok(ErrorCode::ServerDraining) => CloseCode::Away,
+                Ok(ErrorCode::SlowConsumer) => CloseCode::Policy,
+                _ => CloseCode::Normal,
+            };
+            Message::Close(Some(CloseFrame {
+                code: status,
+                reason: wire::envelope::code_name(code).into(),
+            }))
+        }
+    }
 }
 
 /// Accepts the upgrade only on `/ws`.

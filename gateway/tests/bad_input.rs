@@ -142,16 +142,26 @@ async fn an_oversized_frame_is_refused_and_closes_on_tcp_and_websocket() {
         .await
         .expect("send");
     let mut statuses = Vec::new();
+    let mut close_code = None;
     while let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_secs(3), ws.next()).await
     {
-        if let tungstenite::Message::Binary(body) = message {
-            statuses.push(Envelope::decode(body).expect("valid").status);
+        match message {
+            tungstenite::Message::Binary(body) => {
+                statuses.push(Envelope::decode(body).expect("valid").status)
+            }
+            tungstenite::Message::Close(frame) => close_code = frame.map(|f| u16::from(f.code)),
+            _ => {}
         }
     }
     assert_eq!(
         statuses,
         vec![ErrorCode::TooLarge as u32],
         "then the WebSocket closes"
+    );
+    assert_eq!(
+        close_code,
+        Some(1009),
+        "closed with status 1009 (message too big)"
     );
     f.still_serving().await;
 }
@@ -398,5 +408,42 @@ async fn garbage_instead_of_a_websocket_handshake_is_refused() {
         "{:?}",
         String::from_utf8_lossy(&answer)
     );
+    f.still_serving().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_with_the_reserved_message_id_0_is_a_bad_request() {
+    let f = fixture(&[]).await;
+    let mut raw = TcpStream::connect(f.gateway.tcp).await.expect("connect");
+    let request = wire::envelope::encode(&wire::envelope::request(
+        0,
+        LOGIN,
+        Bytes::from_static(b"zero"),
+    ));
+    raw.write_all(&frame(&request)).await.expect("write");
+    let mut chunk = [0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(3), raw.read(&mut chunk))
+        .await
+        .expect("answer")
+        .expect("read");
+    let answer = Envelope::decode(&chunk[4..n]).expect("valid");
+    assert_eq!(
+        (answer.msg_id, answer.status),
+        (0, ErrorCode::BadRequest as u32),
+        "refused, not served: {answer:?}"
+    );
+    // The connection stays open and a proper id is served.
+    let request = wire::envelope::encode(&wire::envelope::request(
+        1,
+        LOGIN,
+        Bytes::from_static(b"zero"),
+    ));
+    raw.write_all(&frame(&request)).await.expect("write");
+    let n = tokio::time::timeout(Duration::from_secs(3), raw.read(&mut chunk))
+        .await
+        .expect("answer")
+        .expect("read");
+    let answer = Envelope::decode(&chunk[4..n]).expect("valid");
+    assert_eq!((answer.msg_id, answer.status), (1, 0));
     f.still_serving().await;
 }

@@ -101,7 +101,17 @@ async fn a_second_login_kicks_the_older_session_on_any_gateway() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_dropped_while_others_keep_flowing() {
-    let gateway = TestGateway::start("gw", &[], &["--outbound-queue", "32"]).await;
+    let gateway = TestGateway::start(
+        "gw",
+        &[],
+        &[
+            "--outbound-queue-bytes",
+            "65536",
+            "--slow-consumer-ms",
+            "1000",
+        ],
+    )
+    .await;
     let logic = start_logic(pushing_routes(), "l1", &[gateway.gossip]).await;
     gateway.wait_for_nodes("room", 1).await;
     // The stuck client: a raw socket with a small receive buffer that logs in, then never reads.

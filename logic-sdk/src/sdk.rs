@@ -258,7 +258,7 @@ impl Sdk {
             code: 0,
             reason: reason.to_owned(),
             local_only: true,
-            logged_in_before_ms: 0,
+            older_than: None,
         };
         self.everywhere(user_ids, move |mut client| {
             let request = request.clone();

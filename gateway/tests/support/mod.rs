@@ -24,8 +24,6 @@ pub const SWITCH: u32 = proto::route(2, 3);
 pub const ECHO: u32 = proto::route(2, 4);
 pub const ATTR: u32 = proto::route(2, 5);
 
-static READY_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
 #[allow(unused_imports)] // each test file uses a different part of this module
 pub use testkit::eventually;
 
@@ -81,23 +79,18 @@ impl TestGateway {
                     .join(","),
             );
         }
-        let ready = std::env::temp_dir().join(format!(
-            "switchyard-gw-{id}-{}-{}.ready",
-            std::process::id(),
-            READY_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
-        args.push("--ready-file".into());
-        args.push(ready.display().to_string());
         args.extend(extra.iter().map(ToString::to_string));
         let config = gateway::Config::parse_from(args);
         let listeners = gateway::Listeners::loopback().await.expect("bind");
-        let ws = format!("ws://{}/ws", listeners.ws.local_addr().expect("addr"));
-        let tcp = listeners.tcp.local_addr().expect("addr");
+        let running = gateway::start(config, listeners)
+            .await
+            .expect("gateway starts");
+        let addrs = running.addrs.clone();
+        let ws = format!("ws://{}/ws", addrs.ws);
+        let tcp = addrs.tcp;
+        let (gossip, grpc, admin) = (addrs.node.gossip, addrs.node.grpc, addrs.node.admin);
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(gateway::run(config, listeners, shutdown.clone()));
-        let ready = testkit::read_ready_file(&ready, Duration::from_secs(10)).await;
-        let addr = |key: &str| -> SocketAddr { ready[key].parse().expect("address in ready file") };
-        let (gossip, grpc, admin) = (addr("gossip"), addr("grpc"), addr("admin"));
+        let task = tokio::spawn(running.run(shutdown.clone()));
         let id = NodeId::new(id);
         TestGateway {
             id,

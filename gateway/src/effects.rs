@@ -1,0 +1,162 @@
+//! What a logic response asks of the session, applied before the client sees the response:
+//! login (public routes only), then "me" bindings, attributes and watch under one lock.
+//!
+//! Login decides between two sessions of one user by their login stamps (`sessions.rs`): the
+//! local table first, then every other gateway is asked to kick sessions of the user older
+//! than this one. A gateway that holds a newer one says so, and then this login loses. Each
+//! gateway registers its login before it asks the others, so of two concurrent logins at
+//! least one sees the other, and the order decides: exactly one session survives.
+
+use std::{sync::Arc, time::Duration};
+
+use mesh::{NodeId, NotOnline};
+use proto::{
+    gateway::v1::{self as pb, gateway_client::GatewayClient},
+    logic::v1::{BindMode, LogicResponse},
+};
+use tracing::{info, warn};
+use wire::ErrorCode;
+
+use crate::{
+    binding::Binding,
+    gateway::{Gateway, now_ms},
+    refusal::Refusal,
+    session::{Effects, Session},
+    sessions::Login,
+};
+
+/// Longest user id a login may attach (a longer one is a logic server bug).
+pub(crate) const MAX_USER_ID_BYTES: usize = 256;
+
+/// Time each other gateway has to answer a login's kick.
+const LOGIN_KICK_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl Gateway {
+    /// Applies what a successful logic response asks of the session.
+    pub(crate) async fn apply_effects(
+        &self,
+        session: &Arc<Session>,
+        node: &NodeId,
+        public: bool,
+        reply: &LogicResponse,
+    ) -> Result<(), Refusal> {
+        if reply.status != 0 {
+            return Ok(());
+        }
+        if !reply.login_user_id.is_empty() {
+            if public {
+                self.login(session, &reply.login_user_id).await?;
+            } else {
+                warn!(session = session.id, %node, "ignoring a login from a route that is not public");
+            }
+        }
+        let mut effects = Effects::default();
+        if let Some(change) = &reply.bind_me {
+            let mode = BindMode::try_from(change.mode).unwrap_or(BindMode::Unspecified);
+            let ids: Vec<NodeId> = change
+                .node_ids
+                .iter()
+                .map(|id| NodeId::new(id.as_str()))
+                .collect();
+            match self.bindings_for(mode, &ids) {
+                Ok(bindings) => effects.bind = Some((mode, bindings)),
+                Err(refused) => {
+                    warn!(session = session.id, %node, %refused, "a logic server asked for a binding that cannot be applied");
+                    return Err(Refusal::Internal);
+                }
+            }
+        }
+        effects.attributes = reply.set_attributes.clone();
+        if reply.watch_session {
+            effects.watch = Some(node.clone());
+        }
+        session.apply(effects);
+        Ok(())
+    }
+
+    /// Bindings for `ids`, checked against the cluster: Cover and Append need online members;
+    /// Remove and Clear take any id (a gone node can be unbound).
+    pub(crate) fn bindings_for(
+        &self,
+        mode: BindMode,
+        ids: &[NodeId],
+    ) -> Result<Vec<Binding>, NotOnline> {
+        if matches!(mode, BindMode::Cover | BindMode::Append) {
+            self.mesh.cluster().require_online(ids)?;
+        }
+        let table = self.router.table(self.mesh.cluster().members());
+        Ok(ids
+            .iter()
+            .map(|id| Binding {
+                node: id.clone(),
+                routes: table.routes_of(id).unwrap_or_else(|| Arc::from(Vec::new())),
+            })
+            .collect())
+    }
+
+    /// Attaches a user to a session. An older session of the same user is kicked, here or on
+    /// any other gateway, before the login response goes out; if another gateway holds a newer
+    /// one, this login loses (`LOGGED_IN_ELSEWHERE`) and this session is kicked instead.
+    async fn login(&self, session: &Arc<Session>, user: &str) -> Result<(), Refusal> {
+        if user.len() > MAX_USER_ID_BYTES {
+            warn!(
+                session = session.id,
+                len = user.len(),
+                "a logic server logged in a user id over the limit"
+            );
+            return Err(Refusal::Internal);
+        }
+        let login = self
+            .sessions
+            .login(session, Arc::from(user), &self.node_id, now_ms())?;
+        let Login::New { stamp, displaced } = login else {
+            return Ok(());
+        };
+        if let Some(displaced) = displaced {
+            displaced.kick(
+                ErrorCode::LoggedInElsewhere,
+                "logged in from another connection",
+            );
+        }
+        session.span.record("user", user);
+        let kick = pb::KickRequest {
+            user_ids: vec![user.to_owned()],
+            code: ErrorCode::LoggedInElsewhere as u32,
+            reason: "logged in from another connection".into(),
+            local_only: true,
+            older_than: Some(stamp.to_proto()),
+        };
+        let answers = self
+            .mesh
+            .fan_out(self.other_gateways(), LOGIN_KICK_TIMEOUT, |channel| {
+                let kick = kick.clone();
+                async move { GatewayClient::new(channel).kick(kick).await }
+            })
+            .await;
+        let mut newer_elsewhere = None;
+        for answer in answers {
+            match answer.result {
+                Ok(results) => {
+                    if results
+                        .results
+                        .iter()
+                        .any(|r| r.outcome == pb::Outcome::NewerHere as i32)
+                    {
+                        newer_elsewhere = Some(answer.node);
+                    }
+                }
+                Err(error) => {
+                    warn!(gateway = %answer.node, user, %error, "could not ask a gateway to kick an older session");
+                }
+            }
+        }
+        if let Some(gateway) = newer_elsewhere {
+            info!(session = session.id, user, %gateway, "a newer login of the same user holds; this one loses");
+            // The request is answered with the refusal, then the session is kicked.
+            self.sessions.forget_user(session);
+            return Err(Refusal::LoggedInElsewhere);
+        }
+        info!(session = session.id, user, "logged in");
+        Ok(())
+    }
+}
