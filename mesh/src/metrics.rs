@@ -14,6 +14,13 @@ pub const CALL_DURATION: &str = "switchyard_mesh_call_duration_seconds";
 pub const HANDLED: &str = "switchyard_mesh_handled_total";
 /// Unreliable datagrams by direction and outcome (counter).
 pub const DATAGRAMS: &str = "switchyard_mesh_datagrams_total";
+/// Members this node dropped, by reason: `left` (it announced it), `silent` (its heartbeat
+/// stood still for the failure detection time), `unreadable` (its record stopped decoding),
+/// `forgotten` (gossip no longer knows it) (counter).
+pub const NODES_GONE: &str = "switchyard_mesh_nodes_gone_total";
+/// Each time this node's gossip follower ran late (the process was paused or starved), the
+/// time it lost, which does not count as silence of its peers (histogram, seconds).
+pub const GOSSIP_STALL: &str = "switchyard_mesh_gossip_stall_seconds";
 
 pub(crate) fn command_label(command: u32) -> String {
     format!("{command:#06x}")

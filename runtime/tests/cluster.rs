@@ -1,22 +1,35 @@
 //! Membership across real processes: joining, death (SIGKILL), graceful leave (SIGTERM),
-//! node events, `is_node_online`, and the health endpoints.
+//! node events, `is_node_online`, the health endpoints, and failure detection that drops the
+//! dead and never the paused, the starved or the ones behind a lossy network.
 
 mod support;
 
 use std::time::{Duration, Instant};
 
 use mesh::{NodeEvent, NodeId, NodeState};
-use support::{NodeProcess, TestNode, eventually, fast_config, http_get, metric};
+use runtime::NodeConfig;
+use support::{
+    MemberWatch, NodeProcess, PacketDrop, TestNode, eventually, fast_config, http_get, member_ids,
+    metric,
+};
+use tokio::sync::broadcast;
 
 /// The default failure detection time of a node (what the processes below run with).
 const DETECTION: Duration = Duration::from_secs(2);
+/// The default gossip interval (what the processes below run with).
+const GOSSIP: Duration = Duration::from_millis(100);
+
+/// An in-process node with the processes' default detection settings.
+fn observer_config(id: &str) -> NodeConfig {
+    let mut config = fast_config(id, "node", &[]);
+    config.gossip.failure_detection = DETECTION;
+    config.gossip.gossip_interval = GOSSIP;
+    config
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_processes_see_each_other_and_a_killed_one_is_gone_within_the_detection_time() {
-    let mut observer_config = fast_config("observer", "node", &[]);
-    observer_config.gossip.failure_detection = DETECTION;
-    observer_config.gossip.gossip_interval = Duration::from_millis(100);
-    let observer = TestNode::start(observer_config).await;
+async fn three_processes_see_each_other_and_a_killed_one_is_gone_after_the_detection_time() {
+    let observer = TestNode::start(observer_config("observer")).await;
     let mut events = observer.cluster.subscribe();
 
     let mut processes = Vec::new();
@@ -59,18 +72,20 @@ async fn three_processes_see_each_other_and_a_killed_one_is_gone_within_the_dete
     )
     .await;
     let detection = killed_at.elapsed();
+    eprintln!("a node killed with SIGKILL was dropped after {detection:?}");
     assert!(
         gone.node().is_online(),
         "a killed node was online when it vanished"
     );
-    // The default detection time is 2 s; the bound promised on loopback is 3 s.
+    // Never before the detection time; soon after it (generous: a busy machine is slow).
+    assert!(detection >= DETECTION, "dropped after only {detection:?}");
     assert!(
-        detection <= Duration::from_secs(3),
-        "detected after {detection:?}"
+        detection < DETECTION + Duration::from_millis(1500),
+        "dropped after {detection:?}"
     );
     assert!(!observer.cluster.is_node_online(&p3));
     assert!(observer.cluster.node(&p3).is_none());
-    // The surviving processes drop it too.
+    // The surviving processes drop it too, and count it as silent.
     for process in &processes[..2] {
         let admin = process.admin();
         eventually(
@@ -85,7 +100,164 @@ async fn three_processes_see_each_other_and_a_killed_one_is_gone_within_the_dete
             },
         )
         .await;
+        assert_eq!(process.nodes_gone("silent"), 1.0);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_paused_for_less_than_the_detection_time_is_never_dropped() {
+    let observer = TestNode::start(observer_config("observer")).await;
+    let paused = NodeProcess::start("paused", observer.gossip, &[]).await;
+    let witness = NodeProcess::start("witness", observer.gossip, &[]).await;
+    let everyone = [&observer.id, &paused.id, &witness.id];
+    all_see_each_other(&observer, &[&paused, &witness]).await;
+    let mut events = observer.cluster.subscribe();
+    let watches = [
+        MemberWatch::start(witness.admin(), &everyone),
+        MemberWatch::start(paused.admin(), &everyone),
+    ];
+
+    // Paused for 40 % and for 80 % of the detection time, each followed by a few gossip
+    // rounds: time enough for a late drop to show.
+    for pause in [DETECTION * 2 / 5, DETECTION * 4 / 5] {
+        paused.pause_for(pause).await;
+        tokio::time::sleep(GOSSIP * 5).await;
+    }
+
+    assert_eq!(gone_events(&mut events), Vec::<NodeId>::new());
+    for watch in watches {
+        let report = watch.finish();
+        assert!(report.looks > 10, "the watch saw {report:?}");
+        assert!(
+            report.misses.is_empty(),
+            "a member went missing: {report:?}"
+        );
+    }
+    assert_eq!(witness.nodes_gone("silent"), 0.0);
+    assert_eq!(paused.nodes_gone("silent"), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_starved_of_cpu_neither_is_dropped_nor_drops_anyone() {
+    let observer = TestNode::start(observer_config("observer")).await;
+    let starved = NodeProcess::start("starved", observer.gossip, &[]).await;
+    let witness = NodeProcess::start("witness", observer.gossip, &[]).await;
+    let everyone = [&observer.id, &starved.id, &witness.id];
+    all_see_each_other(&observer, &[&starved, &witness]).await;
+    let mut events = observer.cluster.subscribe();
+    // The starved node watches its peers (a starved observer) while they watch it (a starved
+    // peer).
+    let watches = [
+        MemberWatch::start(witness.admin(), &everyone),
+        MemberWatch::start(starved.admin(), &everyone),
+    ];
+
+    // Fine-grained starvation (it runs 40 % of the time), then coarse (one sixth of the time,
+    // in stops of a quarter of the detection time).
+    let ms = Duration::from_millis;
+    starved.starve(ms(60), ms(40), ms(2500)).await;
+    starved.starve(ms(500), ms(100), ms(3000)).await;
+    tokio::time::sleep(GOSSIP * 5).await;
+
+    assert_eq!(gone_events(&mut events), Vec::<NodeId>::new());
+    for watch in watches {
+        let report = watch.finish();
+        assert!(report.looks > 10, "the watch saw {report:?}");
+        assert!(
+            report.misses.is_empty(),
+            "a member went missing: {report:?}"
+        );
+    }
+    assert_eq!(witness.nodes_gone("silent"), 0.0);
+    assert_eq!(starved.nodes_gone("silent"), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_paused_for_longer_than_the_detection_time_is_dropped_and_drops_nobody_itself() {
+    let observer = TestNode::start(observer_config("observer")).await;
+    let sleeper = NodeProcess::start("sleeper", observer.gossip, &[]).await;
+    let witness = NodeProcess::start("witness", observer.gossip, &[]).await;
+    let everyone = [&observer.id, &sleeper.id, &witness.id];
+    all_see_each_other(&observer, &[&sleeper, &witness]).await;
+    let mut events = observer.cluster.subscribe();
+
+    sleeper
+        .pause_for(DETECTION + Duration::from_millis(1000))
+        .await;
+    // On waking, the gossip that waited in its socket shows everyone alive: its own stall
+    // is not their silence.
+    let watch = MemberWatch::start(sleeper.admin(), &everyone);
+    tokio::time::sleep(GOSSIP * 10).await;
+    let report = watch.finish();
+    assert!(report.looks > 5, "the watch saw {report:?}");
+    assert!(
+        report.misses.is_empty(),
+        "a member went missing: {report:?}"
+    );
+    assert_eq!(sleeper.nodes_gone("silent"), 0.0);
+
+    // Its peers did drop it, and took it back once it spoke again.
+    let gone = wait_for_event(
+        &mut events,
+        Duration::from_secs(1),
+        |e| matches!(e, NodeEvent::Gone(n) if n.id == sleeper.id),
+    )
+    .await;
+    assert!(gone.node().is_online());
+    wait_for_event(
+        &mut events,
+        Duration::from_secs(1),
+        |e| matches!(e, NodeEvent::Joined(n) if n.id == sleeper.id),
+    )
+    .await;
+    eventually("the witness takes it back", Duration::from_secs(3), || {
+        member_ids(&http_get(witness.admin(), "/cluster/nodes").1).len() == 3
+    })
+    .await;
+    assert_eq!(witness.nodes_gone("silent"), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_packet_drop_on_the_gossip_ports_drops_nobody() {
+    let observer = TestNode::start(observer_config("observer")).await;
+    let a = NodeProcess::start("a", observer.gossip, &[]).await;
+    let b = NodeProcess::start("b", observer.gossip, &[]).await;
+    let everyone = [&observer.id, &a.id, &b.id];
+    all_see_each_other(&observer, &[&a, &b]).await;
+    let gossip_ports: Vec<u16> = [&a, &b]
+        .iter()
+        .map(|p| {
+            p.addrs["gossip"]
+                .parse::<std::net::SocketAddr>()
+                .expect("gossip address")
+                .port()
+        })
+        .chain([observer.gossip.port()])
+        .collect();
+    let mut events = observer.cluster.subscribe();
+    let watches = [
+        MemberWatch::start(a.admin(), &everyone),
+        MemberWatch::start(b.admin(), &everyone),
+    ];
+
+    // 40 % of the gossip datagrams between the three are lost for five seconds.
+    let Some(lossy) = PacketDrop::start(&gossip_ports, 40) else {
+        return;
+    };
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    drop(lossy);
+
+    assert_eq!(gone_events(&mut events), Vec::<NodeId>::new());
+    for watch in watches {
+        let report = watch.finish();
+        assert!(report.looks > 10, "the watch saw {report:?}");
+        assert!(
+            report.misses.is_empty(),
+            "a member went missing: {report:?}"
+        );
+    }
+    assert_eq!(a.nodes_gone("silent"), 0.0);
+    assert_eq!(b.nodes_gone("silent"), 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,6 +373,37 @@ async fn wait_for_event(
             Ok(Ok(_)) | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {}
             Ok(Err(error)) => panic!("event stream ended: {error}"),
             Err(_) => panic!("no matching event within {limit:?}"),
+        }
+    }
+}
+
+/// Waits until the observer and every process see all of them.
+async fn all_see_each_other(observer: &TestNode, processes: &[&NodeProcess]) {
+    let everyone = processes.len() + 1;
+    eventually(
+        "the observer sees every process",
+        Duration::from_secs(10),
+        || observer.cluster.members().len() == everyone,
+    )
+    .await;
+    for process in processes {
+        eventually(
+            "each process sees every node",
+            Duration::from_secs(10),
+            || member_ids(&http_get(process.admin(), "/cluster/nodes").1).len() == everyone,
+        )
+        .await;
+    }
+}
+
+/// The nodes reported gone among the events received so far.
+fn gone_events(events: &mut broadcast::Receiver<NodeEvent>) -> Vec<NodeId> {
+    let mut gone = Vec::new();
+    loop {
+        match events.try_recv() {
+            Ok(NodeEvent::Gone(node)) => gone.push(node.id),
+            Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) => {}
+            Err(_) => return gone,
         }
     }
 }

@@ -1,11 +1,12 @@
 //! Membership: which nodes are in the cluster and what their records say.
 //!
 //! Callers see one abstraction, [`Membership`]; backends decide how records travel. The embedded
-//! default is [`GossipMembership`] (chitchat: scuttlebutt gossip with a phi-accrual failure
-//! detector, no external service). [`LocalMembership`] is a single-node, in-memory backend for
+//! default is [`GossipMembership`] (chitchat's scuttlebutt gossip for dissemination, our own
+//! heartbeat-progress failure detection in `liveness`; no external service). [`LocalMembership`] is a single-node, in-memory backend for
 //! unit tests. A store-backed backend (etcd) can be added beside them without touching callers.
 
 mod gossip;
+mod liveness;
 mod local;
 
 use std::{collections::BTreeMap, sync::Arc};

@@ -7,6 +7,10 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -129,6 +133,184 @@ impl NodeProcess {
 
     pub fn terminate(&mut self) {
         signal(self.child.id(), "TERM");
+    }
+
+    /// Stops the process (SIGSTOP) for `pause`, then lets it go on (SIGCONT).
+    pub async fn pause_for(&self, pause: Duration) {
+        signal(self.child.id(), "STOP");
+        tokio::time::sleep(pause).await;
+        signal(self.child.id(), "CONT");
+    }
+
+    /// Starves the process of CPU for `total`: it is stopped for `stopped`, then runs for
+    /// `running`, over and over (SIGSTOP/SIGCONT). Ends with the process running.
+    pub async fn starve(&self, stopped: Duration, running: Duration, total: Duration) {
+        let end = Instant::now() + total;
+        while Instant::now() < end {
+            self.pause_for(stopped).await;
+            tokio::time::sleep(running).await;
+        }
+    }
+
+    /// How many members this process dropped for `reason` (`silent`, `left`), by its metrics.
+    pub fn nodes_gone(&self, reason: &str) -> f64 {
+        let (_, body) = http_get(self.admin(), "/metrics");
+        metric(
+            &body,
+            &format!("switchyard_mesh_nodes_gone_total{{reason=\"{reason}\"}}"),
+        )
+        .unwrap_or(0.0)
+    }
+}
+
+/// Watches a process's member list (`/cluster/nodes`) every 20 ms on a thread of its own, and
+/// remembers every look at it that missed one of the expected members.
+pub struct MemberWatch {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<MemberWatchReport>>,
+}
+
+/// What a [`MemberWatch`] saw.
+#[derive(Debug)]
+pub struct MemberWatchReport {
+    /// How many member lists it read.
+    pub looks: usize,
+    /// The lists that missed an expected member: the time since the watch started, and who
+    /// was missing.
+    pub misses: Vec<(Duration, Vec<String>)>,
+}
+
+impl MemberWatch {
+    pub fn start(admin: SocketAddr, expected: &[&NodeId]) -> Self {
+        let expected: Vec<String> = expected.iter().map(|id| id.to_string()).collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut report = MemberWatchReport {
+                looks: 0,
+                misses: Vec::new(),
+            };
+            while !stopped.load(Ordering::Relaxed) {
+                let (status, body) = http_get(admin, "/cluster/nodes");
+                if status == 200 {
+                    let members = member_ids(&body);
+                    let missing: Vec<String> = expected
+                        .iter()
+                        .filter(|id| !members.contains(id))
+                        .cloned()
+                        .collect();
+                    report.looks += 1;
+                    if !missing.is_empty() {
+                        report.misses.push((started.elapsed(), missing));
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            report
+        });
+        MemberWatch {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops watching; what was seen.
+    pub fn finish(mut self) -> MemberWatchReport {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .take()
+            .expect("finished once")
+            .join()
+            .expect("the watch thread does not panic")
+    }
+}
+
+impl Drop for MemberWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The member ids in a `/cluster/nodes` answer.
+pub fn member_ids(body: &str) -> Vec<String> {
+    let value: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    value["nodes"]
+        .as_array()
+        .map(|nodes| {
+            nodes
+                .iter()
+                .filter_map(|n| n["id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A packet filter that drops a share of the UDP datagrams sent to some loopback ports: an
+/// nftables table of the test's own, removed on drop.
+pub struct PacketDrop {
+    table: String,
+}
+
+impl PacketDrop {
+    /// Drops about `percent` % of the UDP datagrams to `ports`; `None` (and a note on stderr)
+    /// when this machine cannot: `nft` missing or not running as root.
+    pub fn start(ports: &[u16], percent: u8) -> Option<Self> {
+        let table = format!(
+            "switchyard_test_{}_{}",
+            std::process::id(),
+            rand_suffix() % 100_000
+        );
+        let ports: Vec<String> = ports.iter().map(ToString::to_string).collect();
+        let script = format!(
+            "add table inet {table}\n\
+             add chain inet {table} input {{ type filter hook input priority -10; policy accept; }}\n\
+             add rule inet {table} input iif lo udp dport {{ {} }} numgen random mod 100 < {percent} drop\n",
+            ports.join(", ")
+        );
+        let applied = Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write;
+                child
+                    .stdin
+                    .take()
+                    .expect("piped stdin")
+                    .write_all(script.as_bytes())?;
+                child.wait_with_output()
+            });
+        match applied {
+            Ok(output) if output.status.success() => Some(PacketDrop { table }),
+            Ok(output) => {
+                eprintln!(
+                    "note: skipping the packet drop check, nft refused (not root?): {}",
+                    String::from_utf8_lossy(&output.stderr).trim()
+                );
+                None
+            }
+            Err(error) => {
+                eprintln!("note: skipping the packet drop check, no nft: {error}");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for PacketDrop {
+    fn drop(&mut self) {
+        let removed = Command::new("nft")
+            .args(["delete", "table", "inet", &self.table])
+            .status();
+        if !removed.is_ok_and(|s| s.success()) {
+            eprintln!(
+                "warning: could not remove nftables table inet {}",
+                self.table
+            );
+        }
     }
 }
 
