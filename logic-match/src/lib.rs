@@ -14,14 +14,13 @@ mod queue;
 
 use std::{sync::Arc, time::Duration};
 
-use bytes::Bytes;
 use clap::Parser;
-use logic_sdk::{LogicError, LogicServer, Reply, RunningLogic, Sdk};
+use logic_sdk::{Context, LogicError, LogicServer, Reply, RunningLogic, Sdk, SessionClosed};
 use mesh::NodeKind;
 use prost::Message;
 use proto::matchmaking::v1::{self as mm, errors, routes};
 use runtime::{Listeners, NodeArgs};
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{info, warn};
 
 use crate::queue::{QueueError, Queues, Ticket};
@@ -52,11 +51,18 @@ pub struct Config {
     pub retry_ms: u64,
 }
 
+/// What every route of a match server shares: the queues and the login check.
 struct Matchmaker {
     queues: std::sync::Mutex<Queues>,
+    checker: login::Checker,
     collect_timeout: Duration,
     retry: Duration,
+    /// Placements in flight (also on the node's tasks): the drain waits for them.
+    placements: TaskTracker,
 }
+
+/// The reason queued players receive when the server drains.
+const SHUTTING_DOWN: &str = "the match server is shutting down; queue again";
 
 impl Matchmaker {
     fn lock(&self) -> std::sync::MutexGuard<'_, Queues> {
@@ -65,33 +71,60 @@ impl Matchmaker {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Places a formed match in the background; on failure its players are told and queued
-    /// again (at the front) after the retry delay.
-    fn spawn_placement(self: &Arc<Self>, sdk: Sdk, mode: String, tickets: Vec<Ticket>) {
-        let matchmaker = self.clone();
-        tokio::spawn(async move {
-            let mut tickets = tickets;
-            loop {
-                match placement::place(&sdk, &mode, &tickets, matchmaker.collect_timeout).await {
-                    Ok(info) => {
-                        placement::announce(&sdk, &mode, &tickets, &info).await;
-                        matchmaker.lock().placed(&tickets);
-                        metrics::counter!("switchyard_match_matches_total", "mode" => mode.clone())
-                            .increment(1);
+    /// Places a formed match in the background, on the node's tasks; on failure its players
+    /// are told and queued again (at the front) after the retry delay, unless the server has
+    /// started draining meanwhile: then they are told to queue again elsewhere.
+    fn spawn_placement(self: &Arc<Self>, sdk: &Sdk, mode: String, tickets: Vec<Ticket>) {
+        let placement = self.clone().place(sdk.clone(), mode, tickets);
+        sdk.spawn(self.placements.track_future(placement));
+    }
+
+    async fn place(self: Arc<Self>, sdk: Sdk, mode: String, mut tickets: Vec<Ticket>) {
+        loop {
+            match placement::place(&sdk, &mode, &tickets, self.collect_timeout).await {
+                Ok(info) => {
+                    placement::announce(&sdk, &mode, &tickets, &info).await;
+                    self.lock().placed(&tickets);
+                    metrics::counter!("switchyard_match_matches_total", "mode" => mode.clone())
+                        .increment(1);
+                    return;
+                }
+                Err(placement::NotPlaced(reason)) => {
+                    warn!(%mode, players = tickets.len(), %reason, "match not placed; players stay queued");
+                    placement::delayed(&sdk, &mode, &tickets, &reason).await;
+                    tokio::time::sleep(self.retry).await;
+                    if !sdk.cluster().accepts_new_work() {
+                        self.lock().placed(&tickets);
+                        let cancelled = tickets.iter().map(|t| (mode.clone(), t.clone()));
+                        cancel_queued(&sdk, cancelled.collect());
                         return;
                     }
-                    Err(placement::NotPlaced(reason)) => {
-                        warn!(%mode, players = tickets.len(), %reason, "match not placed; players stay queued");
-                        placement::delayed(&sdk, &mode, &tickets, &reason).await;
-                        tokio::time::sleep(matchmaker.retry).await;
-                        match matchmaker.lock().requeue(&mode, tickets) {
-                            Some(again) => tickets = again,
-                            None => return,
-                        }
+                    match self.lock().requeue(&mode, tickets) {
+                        Some(again) => tickets = again,
+                        None => return,
                     }
                 }
             }
-        });
+        }
+    }
+}
+
+/// Tells players they are no longer queued because the server is shutting down.
+fn cancel_queued(sdk: &Sdk, players: Vec<(String, Ticket)>) {
+    for (mode, ticket) in players {
+        let cancelled = mm::QueueCancelled {
+            mode,
+            reason: SHUTTING_DOWN.to_owned(),
+        };
+        let recipient = logic_sdk::Recipient {
+            user_id: ticket.user,
+            gateway: ticket.gateway,
+        };
+        sdk.push_ordered(
+            [recipient],
+            routes::PUSH_QUEUE_CANCELLED,
+            cancelled.encode_to_vec(),
+        );
     }
 }
 
@@ -103,9 +136,10 @@ pub struct MatchServer {
 }
 
 impl MatchServer {
-    /// Runs until `shutdown`, then drains: the server goes offline, every queue is emptied and
-    /// each waiting player is told (`QueueCancelled`, with the reason); matches already being
-    /// placed finish within the drain grace period.
+    /// Runs until `shutdown`, then drains: the server goes offline (no new players), every
+    /// queue is emptied and each waiting player is told (`QueueCancelled`, with the reason);
+    /// matches already being placed finish within the drain grace period, and the players of
+    /// one that could not be placed are told the same instead of being queued again.
     pub async fn run(self, shutdown: CancellationToken) {
         let MatchServer {
             running,
@@ -116,25 +150,12 @@ impl MatchServer {
             .node
             .run(shutdown, || async move {
                 let drained = matchmaker.lock().drain_all();
-                let reason = "the match server is shutting down; queue again";
                 info!(players = drained.len(), "drain: queues emptied");
-                for (mode, ticket) in &drained {
-                    let cancelled = mm::QueueCancelled {
-                        mode: mode.clone(),
-                        reason: reason.to_owned(),
-                    };
-                    let recipient = logic_sdk::Recipient {
-                        user_id: ticket.user.clone(),
-                        gateway: ticket.gateway.clone(),
-                    };
-                    sdk.push_ordered(
-                        [recipient],
-                        routes::PUSH_QUEUE_CANCELLED,
-                        cancelled.encode_to_vec(),
-                    );
-                }
+                cancel_queued(&sdk, drained);
+                matchmaker.placements.close();
+                matchmaker.placements.wait().await;
                 // Let the pushes leave before the node does.
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                sdk.flush_pushes().await;
             })
             .await;
     }
@@ -153,8 +174,10 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<Match
     }
     let matchmaker = Arc::new(Matchmaker {
         queues: std::sync::Mutex::new(Queues::new(modes)),
+        checker,
         collect_timeout: Duration::from_millis(config.collect_timeout_ms),
         retry: Duration::from_millis(config.retry_ms),
+        placements: TaskTracker::new(),
     });
     {
         let queues = matchmaker.lock();
@@ -162,7 +185,7 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<Match
             info!(%mode, size, "mode configured");
         }
     }
-    let running = server(matchmaker.clone(), checker)
+    let running = server(matchmaker.clone())
         .start(node_config, listeners)
         .await?;
     Ok(MatchServer {
@@ -181,68 +204,149 @@ pub async fn run(
     Ok(())
 }
 
-fn decode<M: Message + Default>(payload: Bytes) -> Result<M, LogicError> {
-    M::decode(payload).map_err(|e| LogicError::bad_request(format!("undecodable request: {e}")))
+/// The routes of a match server.
+fn server(matchmaker: Arc<Matchmaker>) -> LogicServer<Arc<Matchmaker>> {
+    LogicServer::with_state(NodeKind::MATCH, matchmaker)
+        .handle_public(routes::LOGIN, login)
+        .handle(routes::ENQUEUE, enqueue)
+        .handle(routes::CANCEL, cancel)
+        .handle_session_closed(session_closed)
 }
 
-fn server(matchmaker: Arc<Matchmaker>, checker: login::Checker) -> LogicServer {
-    let (enqueue, cancel) = (matchmaker.clone(), matchmaker.clone());
-    LogicServer::new(NodeKind::MATCH)
-        .public_route(routes::LOGIN, move |_, payload| {
-            let checker = checker.clone();
-            async move {
-                let request: mm::Login = decode(payload)?;
-                let user = checker.check(&request.user_id, &request.token)?;
-                Ok(Reply::message(&mm::LoginOk {
-                    user_id: user.clone(),
-                })
-                .login(user))
+/// 1:1 (public): the session's user, once the credential checks out.
+async fn login(
+    matchmaker: Arc<Matchmaker>,
+    _: Context,
+    request: mm::Login,
+) -> Result<Reply, LogicError> {
+    let user = matchmaker.checker.check(&request.user_id, &request.token)?;
+    Ok(Reply::message(&mm::LoginOk {
+        user_id: user.clone(),
+    })
+    .login(user))
+}
+
+/// 20:1: queues the user; a full match is placed in the background. The session is watched:
+/// a player who disconnects leaves the queue.
+async fn enqueue(
+    matchmaker: Arc<Matchmaker>,
+    ctx: Context,
+    request: mm::Enqueue,
+) -> Result<Reply, LogicError> {
+    let ticket = Ticket {
+        user: ctx.user()?.to_owned(),
+        gateway: Some(ctx.gateway.clone()),
+    };
+    if !ctx.sdk().cluster().accepts_new_work() {
+        return Err(LogicError::new(
+            errors::NODE_DRAINING,
+            "this match server is draining; queue again",
+        ));
+    }
+    let result = matchmaker.lock().enqueue(&request.mode, ticket);
+    let (position, formed) = result.map_err(|e| match e {
+        QueueError::UnknownMode => LogicError::new(errors::UNKNOWN_MODE, "no such mode"),
+        QueueError::AlreadyQueued => LogicError::new(errors::ALREADY_QUEUED, "already queued"),
+    })?;
+    metrics::gauge!("switchyard_match_waiting").set(matchmaker.lock().waiting() as f64);
+    if let Some(tickets) = formed {
+        matchmaker.spawn_placement(ctx.sdk(), request.mode.clone(), tickets);
+    }
+    let queued = mm::Queued {
+        mode: request.mode,
+        position: position as u32,
+    };
+    Ok(Reply::message(&queued).watch_session())
+}
+
+/// 20:2: leaves the queue.
+async fn cancel(
+    matchmaker: Arc<Matchmaker>,
+    ctx: Context,
+    _: mm::Cancel,
+) -> Result<mm::Cancelled, LogicError> {
+    let was_queued = matchmaker.lock().cancel(ctx.user()?);
+    Ok(mm::Cancelled { was_queued })
+}
+
+/// A queued player's session closed: they leave the queue.
+async fn session_closed(matchmaker: Arc<Matchmaker>, closed: SessionClosed, _: Sdk) {
+    if let Some(user) = closed.user_id
+        && matchmaker.lock().disconnected(&user)
+    {
+        info!(%user, reason = %closed.reason, "player left the queue: disconnected");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proto::logic::v1::{LogicRequest, logic_client::LogicClient};
+    use runtime::Node;
+
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_draining_match_server_queues_nobody() {
+        let cluster = format!("match-unit-{}", std::process::id());
+        let node_args = |id: &str, seed: &str| {
+            let args = [
+                "logic-match",
+                "--node-id",
+                id,
+                "--cluster-id",
+                &cluster,
+                "--cluster-secret",
+                "match-unit-test-secret",
+                "--seeds",
+                seed,
+                "--gossip-interval-ms",
+                "50",
+            ];
+            Config::parse_from(args)
+        };
+        // A node calling the match server as a gateway would.
+        let caller_config = node_args("caller", "127.0.0.1:9")
+            .node
+            .node_config("caller");
+        let listeners = Listeners::loopback().await.expect("bind");
+        let mut caller = Node::start(caller_config, listeners, |_| {})
+            .await
+            .expect("caller starts");
+        caller.serve(|routes| routes).await.expect("serves");
+        let seed = caller.addrs().gossip.to_string();
+        let listeners = Listeners::loopback().await.expect("bind");
+        let server = start(node_args("match", &seed), listeners)
+            .await
+            .expect("starts");
+        let match_id = server.running.sdk.node_id();
+        let members = caller.cluster().clone();
+        testkit::eventually(
+            "the caller sees the match server",
+            Duration::from_secs(5),
+            || members.node(&match_id).is_some(),
+        )
+        .await;
+
+        server.running.sdk.cluster().go_offline().await;
+        let channel = caller.mesh().peer_channel(&match_id).expect("a member");
+        let request = LogicRequest {
+            route: routes::ENQUEUE,
+            payload: mm::Enqueue {
+                mode: "duel".into(),
             }
-        })
-        .route(routes::ENQUEUE, move |ctx, payload| {
-            let matchmaker = enqueue.clone();
-            async move {
-                let request: mm::Enqueue = decode(payload)?;
-                let ticket = Ticket {
-                    user: ctx.user()?.to_owned(),
-                    gateway: Some(ctx.gateway.clone()),
-                };
-                let result = matchmaker.lock().enqueue(&request.mode, ticket);
-                let (position, formed) = result.map_err(|e| match e {
-                    QueueError::UnknownMode => {
-                        LogicError::new(errors::UNKNOWN_MODE, "no such mode")
-                    }
-                    QueueError::AlreadyQueued => {
-                        LogicError::new(errors::ALREADY_QUEUED, "already queued")
-                    }
-                })?;
-                metrics::gauge!("switchyard_match_waiting").set(matchmaker.lock().waiting() as f64);
-                if let Some(tickets) = formed {
-                    matchmaker.spawn_placement(ctx.sdk().clone(), request.mode.clone(), tickets);
-                }
-                let queued = mm::Queued {
-                    mode: request.mode,
-                    position: position as u32,
-                };
-                // Watch the session: a player who disconnects leaves the queue.
-                Ok(Reply::message(&queued).watch_session())
-            }
-        })
-        .route(routes::CANCEL, move |ctx, _| {
-            let matchmaker = cancel.clone();
-            async move {
-                let was_queued = matchmaker.lock().cancel(ctx.user()?);
-                Ok(Reply::message(&mm::Cancelled { was_queued }))
-            }
-        })
-        .on_session_closed(move |closed, _| {
-            let matchmaker = matchmaker.clone();
-            async move {
-                if let Some(user) = closed.user_id
-                    && matchmaker.lock().disconnected(&user)
-                {
-                    info!(%user, reason = %closed.reason, "player left the queue: disconnected");
-                }
-            }
-        })
+            .encode_to_vec()
+            .into(),
+            session_id: 1,
+            user_id: "ann".into(),
+            gateway_node: "caller".into(),
+            attributes: Default::default(),
+        };
+        let response = LogicClient::new(channel)
+            .handle(request)
+            .await
+            .expect("answered")
+            .into_inner();
+        assert_eq!(response.status, errors::NODE_DRAINING);
+        assert_eq!(server.matchmaker.lock().waiting(), 0, "nobody was queued");
+    }
 }

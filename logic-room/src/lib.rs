@@ -2,27 +2,30 @@
 //! operations; answers match servers' load requests and creates rooms for matched players.
 //!
 //! # Layout
-//! - [`Config`], [`run`], [`server`]: configuration, the routes and mesh commands, the life.
-//! - `room`: one room's rules (pure: commands in, reply and broadcasts out; table-tested).
+//! - [`Config`], [`start`], [`run`], [`RoomServer`]: configuration, the server's life, drain.
+//! - `routes`: the client routes and mesh commands, one function each, over the shared rooms.
 //! - `rooms`: the room actors (one task per room) and the index by room and by member.
+//! - `room`: one room's rules (pure: commands in, reply and broadcasts out; table-tested).
+//! - [`limits`]: what a room accepts (operation, properties, members, user ids), so every
+//!   push and reply of a room fits a client frame.
 
+pub mod limits;
 mod room;
 mod rooms;
+mod routes;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use bytes::Bytes;
 use clap::Parser;
-use logic_sdk::{BindMode, Context, LogicError, LogicServer, Reply, RunningLogic};
-use mesh::{HandlerError, NodeId, NodeKind};
-use prost::Message;
-use proto::room::v1::{self as pb, errors, routes};
+use logic_sdk::{BindMode, RunningLogic, Sdk};
+use mesh::NodeKind;
 use runtime::{Listeners, NodeArgs};
 use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
 
 use crate::{
-    room::Command,
-    rooms::{Rooms, member},
+    limits::{Limits, MAX_MEMBERS, MAX_OP_BYTES_CEILING},
+    rooms::{Rooms, Settings},
 };
 
 /// Configuration of `logic-room`.
@@ -33,9 +36,14 @@ pub struct Config {
     #[command(flatten)]
     pub node: NodeArgs,
 
-    /// Member limit of rooms created without one.
+    /// Member limit of rooms created without one (at most 1024).
     #[arg(long, env = "SWITCHYARD_ROOM_MAX_MEMBERS", default_value_t = 16)]
     pub max_members: usize,
+
+    /// The largest room operation payload, in bytes (at most 1 MiB - 4 KiB); larger ones are
+    /// refused with PAYLOAD_TOO_LARGE.
+    #[arg(long, env = "SWITCHYARD_ROOM_MAX_OP_BYTES", default_value_t = limits::DEFAULT_MAX_OP_BYTES)]
+    pub max_op_bytes: usize,
 
     /// An empty room is removed after this long, in ms.
     #[arg(long, env = "SWITCHYARD_EMPTY_ROOM_TTL_MS", default_value_t = 30_000)]
@@ -55,7 +63,29 @@ impl Config {
     pub fn defaults() -> Self {
         Self::parse_from(["logic-room"])
     }
+
+    fn settings(&self) -> anyhow::Result<Settings> {
+        anyhow::ensure!(
+            (1..=MAX_MEMBERS).contains(&self.max_members),
+            "--max-members must be 1 to {MAX_MEMBERS}"
+        );
+        anyhow::ensure!(
+            (1..=MAX_OP_BYTES_CEILING).contains(&self.max_op_bytes),
+            "--max-op-bytes must be 1 to {MAX_OP_BYTES_CEILING}"
+        );
+        Ok(Settings {
+            empty_ttl: Duration::from_millis(self.empty_room_ttl_ms),
+            default_max_members: self.max_members,
+            max_rooms: self.max_rooms,
+            limits: Limits {
+                max_op_bytes: self.max_op_bytes,
+            },
+        })
+    }
 }
+
+/// The reason members of a draining server's rooms receive.
+const SHUTTING_DOWN: &str = "the room server is shutting down";
 
 /// A started room server.
 pub struct RoomServer {
@@ -65,63 +95,70 @@ pub struct RoomServer {
 }
 
 impl RoomServer {
-    /// Runs until `shutdown`, then drains: the server goes offline (no new rooms), every room
-    /// is closed with a reason its members receive, they are unbound from this server, and the
-    /// server leaves the cluster.
+    /// Runs until `shutdown`, then drains: the server goes offline (no new rooms or members),
+    /// every member is unbound from this server (acknowledged by the gateways), and only then
+    /// is every room closed, its members told why (`RoomClosed`); so a member who reacts to
+    /// `RoomClosed` with a new room request reaches another server. Then the server leaves.
     pub async fn run(self, shutdown: CancellationToken) {
         let RoomServer { running, rooms } = self;
         let sdk = running.sdk.clone();
-        running
-            .node
-            .run(shutdown, || async move {
-                let users = rooms.close_all("the room server is shutting down").await;
-                let me = sdk.node_id();
-                if !users.is_empty() {
-                    match sdk
-                        .bind(BindMode::Remove, &users, std::slice::from_ref(&me))
-                        .await
-                    {
-                        Ok(report) => tracing::info!(
-                            users = users.len(),
-                            failed_gateways = report.failed_gateways.len(),
-                            "members unbound from this room server"
-                        ),
-                        Err(error) => {
-                            tracing::warn!(%error, "could not unbind the members of closed rooms")
-                        }
-                    }
-                }
-            })
-            .await;
+        running.node.run(shutdown, || drain(rooms, sdk)).await;
+    }
+}
+
+async fn drain(rooms: Arc<Rooms>, sdk: Sdk) {
+    // Joins are refused from the moment the node went offline, so this is every member.
+    let members = rooms.members().await;
+    unbind(&sdk, &members).await;
+    let closed = rooms.close_all(SHUTTING_DOWN).await;
+    // Nobody should be left over; if a member slipped in anyway, unbind them too.
+    let late: Vec<String> = closed
+        .into_iter()
+        .filter(|user| members.binary_search(user).is_err())
+        .collect();
+    unbind(&sdk, &late).await;
+    sdk.flush_pushes().await;
+}
+
+/// Removes this server from `users`' bindings; returns once the gateways holding them have.
+async fn unbind(sdk: &Sdk, users: &[String]) {
+    if users.is_empty() {
+        return;
+    }
+    let me = sdk.node_id();
+    match sdk
+        .bind(BindMode::Remove, users, std::slice::from_ref(&me))
+        .await
+    {
+        Ok(report) => info!(
+            users = users.len(),
+            failed_gateways = report.failed_gateways.len(),
+            "members unbound from this room server"
+        ),
+        Err(error) => warn!(%error, "could not unbind the members of this room server"),
     }
 }
 
 /// Starts the room server; returns once it has joined the cluster and serves.
 pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<RoomServer> {
+    let settings = config.settings()?;
     let mut node_config = config.node.node_config(NodeKind::ROOM);
     if node_config.gossip.seeds.is_empty() {
         node_config.gossip.seeds = vec!["127.0.0.1:7946".into()];
     }
-    let rooms = Rooms::new(
-        node_config.id.clone(),
-        Duration::from_millis(config.empty_room_ttl_ms),
-        config.max_members,
-    );
-    let running = server(rooms.clone(), config.max_rooms)
+    let rooms = Rooms::new(node_config.id.clone(), settings);
+    let running = routes::server(rooms.clone())
         .start(node_config, listeners)
         .await?;
-    rooms.attach(running.sdk.clone());
-    running
-        .sdk
-        .cluster()
+    let sdk = &running.sdk;
+    sdk.cluster()
         .update_load(|load| load.capacity = config.max_rooms);
-    register_mesh_commands(&running, rooms.clone(), config.max_rooms);
+    routes::register_mesh_commands(sdk, &rooms);
     for _ in 0..config.preload_rooms {
-        rooms.create(
-            0,
-            BTreeMap::from([("kind".to_owned(), "preloaded".to_owned())]),
-            true,
-        );
+        let properties = BTreeMap::from([("kind".to_owned(), "preloaded".to_owned())]);
+        if let Err(error) = rooms.create(sdk, 0, properties, true) {
+            warn!(%error, "room not preloaded");
+        }
     }
     Ok(RoomServer { running, rooms })
 }
@@ -136,257 +173,105 @@ pub async fn run(
     Ok(())
 }
 
-fn decode<M: Message + Default>(payload: Bytes) -> Result<M, LogicError> {
-    M::decode(payload).map_err(|e| LogicError::bad_request(format!("undecodable request: {e}")))
-}
+#[cfg(test)]
+mod tests {
+    use mesh::MeshError;
+    use proto::room::v1::{self as pb, routes};
+    use runtime::Node;
 
-fn info(payload: &Bytes) -> Option<pb::RoomInfo> {
-    pb::RoomInfo::decode(payload.clone()).ok()
-}
+    use super::*;
 
-/// The routes of a room server.
-fn server(rooms: Arc<Rooms>, max_rooms: u64) -> LogicServer {
-    let (create, join, leave, op, set, get, members) = (
-        rooms.clone(),
-        rooms.clone(),
-        rooms.clone(),
-        rooms.clone(),
-        rooms.clone(),
-        rooms.clone(),
-        rooms.clone(),
-    );
-    LogicServer::new(NodeKind::ROOM)
-        .route(routes::CREATE, move |ctx, payload| {
-            let rooms = create.clone();
-            async move {
-                let request: pb::CreateRoom = decode(payload)?;
-                let user = ctx.user()?.to_owned();
-                check_accepting(&ctx, &rooms, max_rooms)?;
-                let id = rooms.create(
-                    request.max_members,
-                    request.properties.into_iter().collect(),
-                    false,
-                );
-                let reply = rooms
-                    .send(&id, Command::Join(member(&user, &ctx.gateway)))
-                    .await?;
-                Ok(Reply::new(reply).bind_me(BindMode::Append, vec![ctx.sdk().node_id()]))
-            }
-        })
-        .route(routes::JOIN, move |ctx, payload| {
-            let rooms = join.clone();
-            async move {
-                let request: pb::JoinRoom = decode(payload)?;
-                let user = ctx.user()?.to_owned();
-                let host = host_of(&request.room_id).ok_or_else(rooms::room_not_found)?;
-                let me = ctx.sdk().node_id();
-                let reply = if host == me {
-                    rooms
-                        .send(&request.room_id, Command::Join(member(&user, &ctx.gateway)))
-                        .await?
-                } else {
-                    // The room lives elsewhere: join it there, and bind the user to that node.
-                    let forward = pb::ForwardJoin {
-                        room_id: request.room_id.clone(),
-                        member: Some(pb::Member {
-                            user_id: user,
-                            gateway_node: ctx.gateway.to_string(),
-                        }),
-                    };
-                    ctx.sdk()
-                        .call(&host, routes::MESH_FORWARD_JOIN, forward.encode_to_vec())
-                        .await
-                        .map_err(forward_error)?
-                };
-                Ok(Reply::new(reply).bind_me(BindMode::Append, vec![host]))
-            }
-        })
-        .route(routes::LEAVE, move |ctx, payload| {
-            let rooms = leave.clone();
-            async move {
-                let request: pb::LeaveRoom = decode(payload)?;
-                let user = ctx.user()?.to_owned();
-                let reply = rooms
-                    .send(
-                        &request.room_id,
-                        Command::Leave {
-                            user: user.clone(),
-                            reason: "left",
-                        },
-                    )
-                    .await?;
-                let mut reply = Reply::new(reply);
-                if rooms.rooms_of(&user).is_empty() {
-                    reply = reply.bind_me(BindMode::Remove, vec![ctx.sdk().node_id()]);
-                }
-                Ok(reply)
-            }
-        })
-        .route(routes::OP, move |ctx, payload| {
-            let rooms = op.clone();
-            async move {
-                let request: pb::RoomOp = decode(payload)?;
-                let member = member(ctx.user()?, &ctx.gateway);
-                Ok(Reply::new(
-                    rooms
-                        .send(
-                            &request.room_id,
-                            Command::Op {
-                                member,
-                                payload: request.payload,
-                            },
-                        )
-                        .await?,
-                ))
-            }
-        })
-        .route(routes::SET_PROPERTIES, move |ctx, payload| {
-            let rooms = set.clone();
-            async move {
-                let request: pb::SetProperties = decode(payload)?;
-                let member = member(ctx.user()?, &ctx.gateway);
-                let command = Command::SetProperties {
-                    member,
-                    properties: request.properties,
-                };
-                Ok(Reply::new(rooms.send(&request.room_id, command).await?))
-            }
-        })
-        .route(routes::GET_PROPERTIES, move |_ctx, payload| {
-            let rooms = get.clone();
-            async move {
-                let request: pb::RoomRef = decode(payload)?;
-                Ok(Reply::new(
-                    rooms.send(&request.room_id, Command::Info).await?,
-                ))
-            }
-        })
-        .route(routes::MEMBERS, move |_ctx, payload| {
-            let rooms = members.clone();
-            async move {
-                let request: pb::RoomRef = decode(payload)?;
-                Ok(Reply::new(
-                    rooms.send(&request.room_id, Command::Info).await?,
-                ))
-            }
-        })
-        .on_session_closed(move |closed, _sdk| {
-            let rooms = rooms.clone();
-            async move {
-                let Some(user) = closed.user_id else { return };
-                for room in rooms.rooms_of(&user) {
-                    let _ = rooms
-                        .send(
-                            &room,
-                            Command::Leave {
-                                user: user.clone(),
-                                reason: "disconnected",
-                            },
-                        )
-                        .await;
-                }
-            }
-        })
-}
-
-/// New rooms only on an online server below its capacity.
-fn check_accepting(ctx: &Context, rooms: &Rooms, max_rooms: u64) -> Result<(), LogicError> {
-    if !ctx.sdk().cluster().is_self_online() {
-        return Err(LogicError::new(
-            errors::NODE_DRAINING,
-            "this room server is draining",
-        ));
+    /// Flags of a test node in a cluster of its own (or of `seed`'s).
+    fn config(id: &str, seed: &str, extra: &[&str]) -> Config {
+        let cluster = format!("room-unit-{}", std::process::id());
+        let mut args = vec![
+            "logic-room",
+            "--node-id",
+            id,
+            "--cluster-id",
+            &cluster,
+            "--cluster-secret",
+            "room-unit-test-secret",
+            "--seeds",
+            seed,
+            "--gossip-interval-ms",
+            "50",
+        ];
+        args.extend_from_slice(extra);
+        Config::parse_from(args)
     }
-    if max_rooms > 0 && rooms.counts().rooms >= max_rooms {
-        return Err(LogicError::new(
-            errors::AT_CAPACITY,
-            "this room server is full",
-        ));
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn room_actors_stop_with_the_node_even_without_a_drain() {
+        // Nobody listens on the seed address: this node is a cluster of its own.
+        let config = config("alone", "127.0.0.1:9", &["--preload-rooms", "3"]);
+        let listeners = Listeners::loopback().await.expect("bind");
+        let server = start(config, listeners).await.expect("starts");
+        let rooms = server.rooms.clone();
+        assert_eq!(rooms.running_actors(), 3);
+        // No drain closes the rooms here: only the node's stop ends their actors.
+        server.running.node.abort().await;
+        assert_eq!(rooms.running_actors(), 0);
     }
-    Ok(())
-}
 
-/// The node hosting a room: room ids are `<n>@<node id>`.
-fn host_of(room_id: &str) -> Option<NodeId> {
-    room_id
-        .split_once('@')
-        .map(|(_, node)| NodeId::new(node))
-        .filter(|n| !n.as_str().is_empty())
-}
-
-fn forward_error(error: mesh::MeshError) -> LogicError {
-    match error {
-        mesh::MeshError::Handler { code, message, .. } => LogicError::new(code, message),
-        mesh::MeshError::NodeUnknown(_) => rooms::room_not_found(),
-        other => LogicError::internal(format!("the room's server did not answer: {other}")),
-    }
-}
-
-fn handler_error(error: LogicError) -> HandlerError {
-    HandlerError::new(error.code, error.message)
-}
-
-/// Mesh commands from match servers and other room servers.
-fn register_mesh_commands(running: &RunningLogic, rooms: Arc<Rooms>, max_rooms: u64) {
-    let mesh = running.sdk.mesh();
-    let load = rooms.clone();
-    mesh.handle_message(routes::MESH_LOAD, move |_, _: pb::RoomRef| {
-        let report = load.load_report(max_rooms);
-        async move { Ok(report) }
-    });
-    let create = rooms.clone();
-    let sdk = running.sdk.clone();
-    mesh.handle_message(
-        routes::MESH_CREATE_FOR,
-        move |ctx, request: pb::CreateRoomFor| {
-            let (rooms, sdk) = (create.clone(), sdk.clone());
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_room_for_a_match_is_refused_beyond_the_room_limits() {
+        // A node asking for rooms as a match server would.
+        let caller_config = config("matcher", "127.0.0.1:9", &[])
+            .node
+            .node_config("match");
+        let listeners = Listeners::loopback().await.expect("bind");
+        let mut caller = Node::start(caller_config, listeners, |_| {})
+            .await
+            .expect("caller starts");
+        caller.serve(|routes| routes).await.expect("serves");
+        let seed = caller.addrs().gossip.to_string();
+        let listeners = Listeners::loopback().await.expect("bind");
+        let server = start(config("rooms", &seed, &[]), listeners)
+            .await
+            .expect("starts");
+        let room_node = server.running.sdk.node_id();
+        let members = caller.cluster().clone();
+        testkit::eventually(
+            "the caller sees the room server",
+            Duration::from_secs(5),
+            || members.node(&room_node).is_some(),
+        )
+        .await;
+        let create_for = |users: Vec<String>| {
+            let request = pb::CreateRoomFor {
+                members: users
+                    .into_iter()
+                    .map(|user_id| pb::Member {
+                        user_id,
+                        gateway_node: String::new(),
+                    })
+                    .collect(),
+                ..Default::default()
+            };
+            let (mesh, node) = (caller.mesh().clone(), room_node.clone());
             async move {
-                if !sdk.cluster().is_self_online() {
-                    return Err(HandlerError::new(
-                        errors::NODE_DRAINING,
-                        "this room server is draining",
-                    ));
-                }
-                if max_rooms > 0 && rooms.counts().rooms >= max_rooms {
-                    return Err(HandlerError::new(
-                        errors::AT_CAPACITY,
-                        "this room server is full",
-                    ));
-                }
-                let max = request.max_members.max(request.members.len() as u32);
-                let id = rooms.create(max, request.properties.into_iter().collect(), false);
-                let mut last = Bytes::new();
-                for m in request.members {
-                    last = rooms
-                        .send(
-                            &id,
-                            Command::Join(member(&m.user_id, &NodeId::new(m.gateway_node))),
-                        )
-                        .await
-                        .map_err(handler_error)?;
-                }
-                tracing::info!(room = %id, from = %ctx.from, "room created for a match");
-                Ok(info(&last).unwrap_or_default())
-            }
-        },
-    );
-    mesh.handle_message(
-        routes::MESH_FORWARD_JOIN,
-        move |_, request: pb::ForwardJoin| {
-            let rooms = rooms.clone();
-            async move {
-                let m = request
-                    .member
-                    .ok_or_else(|| HandlerError::new(HandlerError::BAD_PAYLOAD, "no member"))?;
-                let reply = rooms
-                    .send(
-                        &request.room_id,
-                        Command::Join(member(&m.user_id, &NodeId::new(m.gateway_node))),
-                    )
+                mesh.request_message::<_, pb::RoomInfo>(&node, routes::MESH_CREATE_FOR, &request)
                     .await
-                    .map_err(handler_error)?;
-                Ok(info(&reply).unwrap_or_default())
             }
-        },
-    );
+        };
+        let code = |result: Result<pb::RoomInfo, MeshError>| match result {
+            Err(MeshError::Handler { code, .. }) => Some(code),
+            _ => None,
+        };
+
+        let long_id = "u".repeat(limits::MAX_USER_ID_BYTES + 1);
+        let refused = create_for(vec!["ann".into(), long_id]).await;
+        let bad_request = proto::client::v1::ErrorCode::BadRequest as u32;
+        assert_eq!(code(refused), Some(bad_request));
+        let crowd = (0..=limits::MAX_MEMBERS).map(|i| format!("p{i}")).collect();
+        let refused = create_for(crowd).await;
+        assert_eq!(code(refused), Some(mesh::HandlerError::BAD_PAYLOAD));
+        assert_eq!(server.rooms.counts().rooms, 0, "no room was created");
+
+        let info = create_for(vec!["ann".into(), "bob".into()])
+            .await
+            .expect("a room for two");
+        assert_eq!(info.members, vec!["ann".to_owned(), "bob".to_owned()]);
+    }
 }

@@ -8,6 +8,8 @@ use mesh::NodeId;
 use prost::Message;
 use proto::room::v1::{self as pb, errors, routes};
 
+use crate::limits::{self, Limits};
+
 /// A member and the gateway holding them (when known).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Member {
@@ -83,6 +85,7 @@ pub(crate) struct Room {
     max_members: usize,
     properties: BTreeMap<String, String>,
     op_seq: u64,
+    limits: Limits,
     /// Kept when empty (preloaded rooms).
     pub(crate) persistent: bool,
 }
@@ -93,6 +96,7 @@ impl Room {
         node: NodeId,
         max_members: usize,
         properties: BTreeMap<String, String>,
+        limits: Limits,
     ) -> Self {
         Self {
             id,
@@ -102,6 +106,7 @@ impl Room {
             max_members: max_members.max(1),
             properties,
             op_seq: 0,
+            limits,
             persistent: false,
         }
     }
@@ -150,6 +155,7 @@ impl Room {
             }
             return Ok(self.info());
         }
+        limits::check_user_id(&member.user)?;
         if self.members.len() >= self.max_members {
             return Err(LogicError::new(errors::ROOM_FULL, "the room is full"));
         }
@@ -204,6 +210,7 @@ impl Room {
         payload: Bytes,
         outcome: &mut Outcome,
     ) -> Result<Bytes, LogicError> {
+        self.limits.check_op(&payload)?;
         self.refresh(&member)?;
         self.op_seq += 1;
         let event = pb::RoomOpEvent {
@@ -224,14 +231,9 @@ impl Room {
         properties: HashMap<String, String>,
         outcome: &mut Outcome,
     ) -> Result<Bytes, LogicError> {
+        let merged = limits::merge_properties(&self.properties, properties)?;
         self.refresh(&member)?;
-        for (key, value) in &properties {
-            if value.is_empty() {
-                self.properties.remove(key);
-            } else {
-                self.properties.insert(key.clone(), value.clone());
-            }
-        }
+        self.properties = merged;
         let event = pb::PropertiesChanged {
             room_id: self.id.clone(),
             properties: self.properties.clone().into_iter().collect(),
@@ -289,7 +291,8 @@ mod tests {
     use super::*;
 
     fn room(max: usize) -> Room {
-        Room::new("1@r".into(), NodeId::new("r"), max, BTreeMap::new())
+        let limits = Limits { max_op_bytes: 8 };
+        Room::new("1@r".into(), NodeId::new("r"), max, BTreeMap::new(), limits)
     }
 
     fn member(user: &str) -> Member {
@@ -441,5 +444,49 @@ mod tests {
             r.info_message().properties,
             HashMap::from([("map".to_owned(), "dust".to_owned())])
         );
+    }
+
+    #[test]
+    fn oversized_operations_and_properties_are_refused_and_nothing_is_broadcast() {
+        let mut r = room(2);
+        let _ = r.apply(Command::Join(member("a")));
+        let _ = r.apply(Command::Join(member("b")));
+        let (op, outcome) = r.apply(Command::Op {
+            member: member("a"),
+            payload: Bytes::from_static(b"123456789"),
+        });
+        assert_eq!(op.map_err(|e| e.code), Err(errors::PAYLOAD_TOO_LARGE));
+        assert!(outcome.broadcasts.is_empty());
+        let huge = HashMap::from([("k".to_owned(), "v".repeat(5000))]);
+        let (set, outcome) = r.apply(Command::SetProperties {
+            member: member("a"),
+            properties: huge,
+        });
+        assert_eq!(set.map_err(|e| e.code), Err(errors::PAYLOAD_TOO_LARGE));
+        assert!(outcome.broadcasts.is_empty());
+        assert!(
+            r.info_message().properties.is_empty(),
+            "nothing was applied"
+        );
+        // Up to the limit, every member receives it, numbered from 1: the refusal took no seq.
+        let (op, outcome) = r.apply(Command::Op {
+            member: member("b"),
+            payload: Bytes::from_static(b"12345678"),
+        });
+        let accepted = pb::OpAccepted::decode(op.expect("accepted")).expect("decodes");
+        assert_eq!(accepted.seq, 1);
+        assert_eq!(outcome.broadcasts[0].to.len(), 2);
+    }
+
+    #[test]
+    fn a_user_id_over_the_limit_cannot_join() {
+        let mut r = room(2);
+        let long = "u".repeat(crate::limits::MAX_USER_ID_BYTES + 1);
+        let (join, outcome) = r.apply(Command::Join(member(&long)));
+        assert_eq!(
+            join.map_err(|e| e.code),
+            Err(proto::client::v1::ErrorCode::BadRequest as u32)
+        );
+        assert!(outcome.joined.is_none() && r.is_empty());
     }
 }

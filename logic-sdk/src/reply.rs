@@ -97,6 +97,25 @@ impl Reply {
     }
 }
 
+/// What a typed handler ([`LogicServer::handle`](crate::LogicServer::handle)) returns: a
+/// protobuf message, sent as the response payload, or a [`Reply`] (payload plus effects).
+pub trait IntoReply {
+    /// The reply the gateway receives.
+    fn into_reply(self) -> Reply;
+}
+
+impl IntoReply for Reply {
+    fn into_reply(self) -> Reply {
+        self
+    }
+}
+
+impl<M: Message> IntoReply for M {
+    fn into_reply(self) -> Reply {
+        Reply::message(&self)
+    }
+}
+
 /// A handler's error, sent to the client as the response status. Use codes from
 /// [`LogicError::FIRST_APP_CODE`] up for your own errors.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

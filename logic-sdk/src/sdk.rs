@@ -2,16 +2,18 @@
 //! cluster: push to users, bind them, kick them, find them, and call other logic nodes.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use bytes::Bytes;
 use futures::future::join_all;
-use mesh::{Cluster, Mesh, MeshError, NodeId, NodeInfo, NodeKind};
+use mesh::{Answer, Cluster, Mesh, MeshError, NodeId, NodeInfo, NodeKind, NotOnline};
+use prost::Message;
 use proto::gateway::v1::{self as pb, gateway_client::GatewayClient};
-use tokio::sync::mpsc;
+use runtime::node::Tasks;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use crate::reply::BindMode;
@@ -110,6 +112,15 @@ pub enum SdkError {
     NoGateway,
 }
 
+impl From<NotOnline> for SdkError {
+    fn from(error: NotOnline) -> Self {
+        match error {
+            NotOnline::Unknown(nodes) => SdkError::UnknownNodes(nodes),
+            NotOnline::Draining(node) => SdkError::NodeDraining(node),
+        }
+    }
+}
+
 /// Pushes queued for one gateway before new ones are dropped (and counted).
 const PIPELINE_DEPTH: usize = 4096;
 
@@ -119,7 +130,15 @@ pub const PUSHES_DROPPED: &str = "switchyard_sdk_pushes_dropped_total";
 /// One ordered push queue per gateway, each drained by its own task.
 #[derive(Default)]
 struct Pipelines {
-    queues: Mutex<HashMap<NodeId, mpsc::Sender<pb::PushRequest>>>,
+    queues: Mutex<HashMap<NodeId, mpsc::Sender<Queued>>>,
+}
+
+/// What a gateway's push queue carries.
+enum Queued {
+    /// A push to send.
+    Push(pb::PushRequest),
+    /// Answer once every push queued before this one has been sent (or given up on).
+    Flush(oneshot::Sender<()>),
 }
 
 /// A cloneable handle on the cluster for logic code.
@@ -128,15 +147,23 @@ pub struct Sdk {
     mesh: Mesh,
     gateway_timeout: Duration,
     pipelines: Arc<Pipelines>,
+    tasks: Tasks,
 }
 
 impl Sdk {
-    pub(crate) fn new(mesh: Mesh) -> Self {
+    pub(crate) fn new(mesh: Mesh, tasks: Tasks) -> Self {
         Self {
             mesh,
             gateway_timeout: Duration::from_secs(3),
             pipelines: Arc::default(),
+            tasks,
         }
+    }
+
+    /// Runs a background task of this server (a room actor, a retry loop) until it ends or the
+    /// node stops, after its drain; the node's shutdown waits for it.
+    pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(task);
     }
 
     /// Queues a push without waiting for it. Pushes queued for one gateway are delivered in
@@ -161,7 +188,11 @@ impl Sdk {
                 payload: payload.clone(),
                 local_only: true,
             };
-            if self.pipeline(&gateway).try_send(request).is_err() {
+            if self
+                .pipeline(&gateway)
+                .try_send(Queued::Push(request))
+                .is_err()
+            {
                 dropped += 1;
                 warn!(%gateway, route, "push queue to gateway is full; push dropped");
                 metrics::counter!(PUSHES_DROPPED, "gateway" => gateway.to_string()).increment(1);
@@ -170,19 +201,36 @@ impl Sdk {
         dropped
     }
 
-    fn pipeline(&self, gateway: &NodeId) -> mpsc::Sender<pb::PushRequest> {
-        let mut queues = self
-            .pipelines
+    /// Waits until every push queued so far with [`Sdk::push_ordered`] has been sent (or
+    /// given up on): call it at the end of a drain so the last pushes leave before the node.
+    pub async fn flush_pushes(&self) {
+        let queues: Vec<mpsc::Sender<Queued>> = self.lock_pipelines().values().cloned().collect();
+        let flushed = queues.into_iter().map(|queue| async move {
+            let (done, sent) = oneshot::channel();
+            if queue.send(Queued::Flush(done)).await.is_ok() {
+                // A queue that ends first (its gateway left) has nothing more to send.
+                let _ = sent.await;
+            }
+        });
+        join_all(flushed).await;
+    }
+
+    fn lock_pipelines(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, mpsc::Sender<Queued>>> {
+        self.pipelines
             .queues
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn pipeline(&self, gateway: &NodeId) -> mpsc::Sender<Queued> {
+        let mut queues = self.lock_pipelines();
         if let Some(queue) = queues.get(gateway).filter(|q| !q.is_closed()) {
             return queue.clone();
         }
         let (tx, rx) = mpsc::channel(PIPELINE_DEPTH);
         queues.retain(|_, queue| !queue.is_closed());
         queues.insert(gateway.clone(), tx.clone());
-        tokio::spawn(drain_pipeline(self.clone(), gateway.clone(), rx));
+        self.spawn(drain_pipeline(self.clone(), gateway.clone(), rx));
         tx
     }
 
@@ -201,30 +249,31 @@ impl Sdk {
         self.cluster().self_id()
     }
 
-    /// Pushes one message to users, one call per gateway whatever the number of users.
+    /// Pushes one message to users, one call per gateway whatever the number of users: the
+    /// gateways of recipients whose gateway is known, and every gateway when one is not.
     pub async fn push(
         &self,
         recipients: impl IntoIterator<Item = Recipient>,
         route: u32,
         payload: impl Into<Bytes>,
     ) -> Result<GatewayReport, SdkError> {
-        let payload = payload.into();
-        let gateways = self.gateways()?;
         let recipients: Vec<Recipient> = recipients.into_iter().collect();
-        let all_users = recipients.iter().map(|r| r.user_id.clone()).collect();
-        let per_gateway = group_by_gateway(recipients, &gateways);
-        let calls = per_gateway.into_iter().map(|(gateway, user_ids)| {
-            let request = pb::PushRequest {
-                user_ids,
-                route,
-                payload: payload.clone(),
-                local_only: true,
-            };
-            self.call_gateway(gateway, move |mut client| async move {
-                client.push(request).await
+        let targets = push_targets(&recipients, self.gateways()?);
+        let user_ids: Vec<String> = recipients.into_iter().map(|r| r.user_id).collect();
+        let request = pb::PushRequest {
+            user_ids: user_ids.clone(),
+            route,
+            payload: payload.into(),
+            local_only: true,
+        };
+        let answers = self
+            .mesh
+            .fan_out(targets, self.gateway_timeout, |channel| {
+                let request = request.clone();
+                async move { GatewayClient::new(channel).push(request).await }
             })
-        });
-        Ok(merge(all_users, join_all(calls).await))
+            .await;
+        Ok(merge(user_ids, answers))
     }
 
     /// Changes the bindings of users wherever they are connected; returns once the change is
@@ -236,7 +285,7 @@ impl Sdk {
         nodes: &[NodeId],
     ) -> Result<GatewayReport, SdkError> {
         if matches!(mode, BindMode::Cover | BindMode::Append) {
-            check_bind_targets(self.cluster(), nodes)?;
+            self.cluster().require_online(nodes)?;
         }
         let request = pb::BindRequest {
             mode: mode.to_proto() as i32,
@@ -244,7 +293,7 @@ impl Sdk {
             node_ids: nodes.iter().map(ToString::to_string).collect(),
             local_only: true,
         };
-        self.everywhere(user_ids, move |mut client| {
+        self.everywhere(user_ids, |mut client| {
             let request = request.clone();
             async move { client.bind(request).await }
         })
@@ -260,7 +309,7 @@ impl Sdk {
             local_only: true,
             older_than: None,
         };
-        self.everywhere(user_ids, move |mut client| {
+        self.everywhere(user_ids, |mut client| {
             let request = request.clone();
             async move { client.kick(request).await }
         })
@@ -276,22 +325,17 @@ impl Sdk {
             user_ids: user_ids.to_vec(),
             local_only: true,
         };
-        let calls = self.gateways()?.into_iter().map(|gateway| {
-            let request = request.clone();
-            let mesh = self.mesh.clone();
-            let timeout = self.gateway_timeout;
-            async move {
-                let client = GatewayClient::new(mesh.peer_channel(&gateway).ok()?);
-                let reply = tokio::time::timeout(timeout, client.clone().presence(request))
-                    .await
-                    .ok()?
-                    .ok()?;
-                Some(reply.into_inner().users)
-            }
-        });
+        let answers = self
+            .mesh
+            .fan_out(self.gateways()?, self.gateway_timeout, |channel| {
+                let request = request.clone();
+                async move { GatewayClient::new(channel).presence(request).await }
+            })
+            .await;
         let mut found = BTreeMap::new();
-        for users in join_all(calls).await.into_iter().flatten() {
-            for user in users.into_iter().filter(|u| u.online) {
+        // A gateway that did not answer holds nobody we can see.
+        for reply in answers.into_iter().filter_map(|a| a.result.ok()) {
+            for user in reply.users.into_iter().filter(|u| u.online) {
                 found.insert(
                     user.user_id,
                     (NodeId::new(user.gateway_node), user.session_id),
@@ -360,45 +404,37 @@ impl Sdk {
         Ok(gateways)
     }
 
+    /// Calls every gateway with `call` and reports each user's outcome.
     async fn everywhere<F, Fut>(
         &self,
         user_ids: &[String],
         call: F,
     ) -> Result<GatewayReport, SdkError>
     where
-        F: Fn(GatewayClient<mesh::PeerChannel>) -> Fut + Clone,
+        F: Fn(GatewayClient<mesh::PeerChannel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<pb::UserResults>, tonic::Status>>,
     {
-        let calls = self
-            .gateways()?
-            .into_iter()
-            .map(|gateway| self.call_gateway(gateway, call.clone()));
-        Ok(merge(user_ids.to_vec(), join_all(calls).await))
+        let answers = self
+            .mesh
+            .fan_out(self.gateways()?, self.gateway_timeout, |channel| {
+                call(GatewayClient::new(channel))
+            })
+            .await;
+        Ok(merge(user_ids.to_vec(), answers))
     }
+}
 
-    async fn call_gateway<F, Fut>(
-        &self,
-        gateway: NodeId,
-        call: F,
-    ) -> (NodeId, Result<pb::UserResults, String>)
-    where
-        F: FnOnce(GatewayClient<mesh::PeerChannel>) -> Fut,
-        Fut: Future<Output = Result<tonic::Response<pb::UserResults>, tonic::Status>>,
-    {
-        let channel = match self.mesh.peer_channel(&gateway) {
-            Ok(channel) => channel,
-            Err(error) => return (gateway, Err(error.to_string())),
+/// The gateways a push goes to: those of the recipients when every recipient's gateway is
+/// known and a member, else every gateway.
+fn push_targets(recipients: &[Recipient], gateways: Vec<NodeId>) -> Vec<NodeId> {
+    let mut known = BTreeSet::new();
+    for recipient in recipients {
+        match &recipient.gateway {
+            Some(gateway) if gateways.contains(gateway) => known.insert(gateway.clone()),
+            _ => return gateways,
         };
-        let result =
-            match tokio::time::timeout(self.gateway_timeout, call(GatewayClient::new(channel)))
-                .await
-            {
-                Err(_) => Err(format!("no answer within {:?}", self.gateway_timeout)),
-                Ok(Err(status)) => Err(status.message().to_owned()),
-                Ok(Ok(reply)) => Ok(reply.into_inner()),
-            };
-        (gateway, result)
     }
+    known.into_iter().collect()
 }
 
 /// Users by the gateway to ask: their own when known, else every gateway.
@@ -431,19 +467,40 @@ fn group_by_gateway(
 /// Most pushes sent to a gateway in one batch.
 const BATCH: usize = 512;
 
+/// Most bytes of pushes sent to a gateway in one call: well below the 4 MiB a gRPC server
+/// accepts by default, so a burst of large pushes is split instead of refused as a whole.
+const BATCH_BYTES: usize = 1024 * 1024;
+
 /// Sends one gateway's queued pushes in order, as batches of whatever is queued (one RPC per
-/// batch, not per push). Ends when the gateway leaves the cluster.
-async fn drain_pipeline(sdk: Sdk, gateway: NodeId, mut queue: mpsc::Receiver<pb::PushRequest>) {
-    let mut batch = Vec::with_capacity(BATCH);
-    while queue.recv_many(&mut batch, BATCH).await > 0 {
+/// batch, not per push). Ends when the gateway leaves the cluster or the node stops.
+async fn drain_pipeline(sdk: Sdk, gateway: NodeId, mut queue: mpsc::Receiver<Queued>) {
+    let mut queued = Vec::with_capacity(BATCH);
+    while queue.recv_many(&mut queued, BATCH).await > 0 {
         if sdk.cluster().node(&gateway).is_none() {
             debug!(%gateway, "gateway left; dropping its push queue");
             break;
         }
-        let request = pb::PushBatchRequest {
-            pushes: std::mem::take(&mut batch),
-        };
-        let channel = match sdk.mesh.peer_channel(&gateway) {
+        let mut pushes = Vec::new();
+        for item in queued.drain(..) {
+            match item {
+                Queued::Push(push) => pushes.push(push),
+                Queued::Flush(done) => {
+                    send_pushes(&sdk, &gateway, std::mem::take(&mut pushes)).await;
+                    let _ = done.send(());
+                }
+            }
+        }
+        send_pushes(&sdk, &gateway, pushes).await;
+    }
+    // The receiver drops here: `pipeline` sees the queue closed and starts a new one if the
+    // gateway comes back; pending flushes see their queue gone.
+}
+
+/// Sends pushes to one gateway in order, in batches of at most [`BATCH_BYTES`].
+async fn send_pushes(sdk: &Sdk, gateway: &NodeId, pushes: Vec<pb::PushRequest>) {
+    for pushes in batches(pushes, BATCH_BYTES) {
+        let request = pb::PushBatchRequest { pushes };
+        let channel = match sdk.mesh.peer_channel(gateway) {
             Ok(channel) => channel,
             Err(error) => {
                 warn!(%gateway, %error, "ordered pushes dropped: gateway unreachable");
@@ -457,40 +514,36 @@ async fn drain_pipeline(sdk: Sdk, gateway: NodeId, mut queue: mpsc::Receiver<pb:
             Err(_) => warn!(%gateway, "ordered pushes timed out"),
         }
     }
-    // The receiver drops here: `pipeline` sees the queue closed and starts a new one if the
-    // gateway comes back.
 }
 
-/// Cover and Append targets must be online members.
-pub(crate) fn check_bind_targets(cluster: &Cluster, nodes: &[NodeId]) -> Result<(), SdkError> {
-    let members = cluster.members();
-    let unknown: Vec<NodeId> = nodes
-        .iter()
-        .filter(|n| !members.contains_key(*n))
-        .cloned()
-        .collect();
-    if !unknown.is_empty() {
-        return Err(SdkError::UnknownNodes(unknown));
+/// Splits pushes, in order, into batches of at most `max_bytes` encoded (a larger push goes
+/// alone).
+fn batches(pushes: Vec<pb::PushRequest>, max_bytes: usize) -> Vec<Vec<pb::PushRequest>> {
+    let mut batches: Vec<Vec<pb::PushRequest>> = Vec::new();
+    let mut bytes = 0;
+    for push in pushes {
+        let size = push.encoded_len();
+        match batches.last_mut() {
+            Some(batch) if bytes + size <= max_bytes => {
+                batch.push(push);
+                bytes += size;
+            }
+            _ => {
+                batches.push(vec![push]);
+                bytes = size;
+            }
+        }
     }
-    if let Some(draining) = nodes
-        .iter()
-        .find(|n| members.get(*n).is_some_and(|info| !info.is_online()))
-    {
-        return Err(SdkError::NodeDraining(draining.clone()));
-    }
-    Ok(())
+    batches
 }
 
-fn merge(
-    user_ids: Vec<String>,
-    answers: Vec<(NodeId, Result<pb::UserResults, String>)>,
-) -> GatewayReport {
+fn merge(user_ids: Vec<String>, answers: Vec<Answer<pb::UserResults>>) -> GatewayReport {
     let mut report = GatewayReport::default();
     for user in user_ids {
         report.users.insert(user, UserOutcome::NotOnline);
     }
-    for (gateway, answer) in answers {
-        match answer {
+    for Answer { node, result } in answers {
+        match result {
             Ok(results) => {
                 for result in results.results {
                     if result.outcome == pb::Outcome::Applied as i32 {
@@ -501,8 +554,135 @@ fn merge(
                     }
                 }
             }
-            Err(error) => report.failed_gateways.push((gateway, error)),
+            Err(error) => report.failed_gateways.push((node, error.to_string())),
         }
     }
     report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn push(user: &str, bytes: usize) -> pb::PushRequest {
+        pb::PushRequest {
+            user_ids: vec![user.to_owned()],
+            route: 1,
+            payload: Bytes::from(vec![0; bytes]),
+            local_only: true,
+        }
+    }
+
+    fn users(batches: &[Vec<pb::PushRequest>]) -> Vec<Vec<&str>> {
+        batches
+            .iter()
+            .map(|b| b.iter().map(|p| p.user_ids[0].as_str()).collect())
+            .collect()
+    }
+
+    #[test]
+    fn large_pushes_are_split_into_batches_in_order() {
+        let size = push("a", 100).encoded_len();
+        let check = |pushes: Vec<pb::PushRequest>, max: usize, expected: Vec<Vec<&str>>| {
+            assert_eq!(users(&batches(pushes, max)), expected);
+        };
+        check(vec![], size, vec![]);
+        check(
+            vec![push("a", 100), push("b", 100), push("c", 100)],
+            3 * size,
+            vec![vec!["a", "b", "c"]],
+        );
+        check(
+            vec![push("a", 100), push("b", 100), push("c", 100)],
+            2 * size,
+            vec![vec!["a", "b"], vec!["c"]],
+        );
+        // A push larger than the limit still goes, alone.
+        check(
+            vec![push("a", 100), push("big", 1000), push("c", 100)],
+            2 * size,
+            vec![vec!["a"], vec!["big"], vec!["c"]],
+        );
+    }
+
+    #[test]
+    fn a_push_goes_to_the_recipients_gateways_or_everywhere_when_one_is_unknown() {
+        let gateways = vec![NodeId::new("g1"), NodeId::new("g2"), NodeId::new("g3")];
+        let check = |recipients: Vec<Recipient>, expected: &[&str]| {
+            let targets = push_targets(&recipients, gateways.clone());
+            let targets: Vec<&str> = targets.iter().map(NodeId::as_str).collect();
+            assert_eq!(targets, expected, "{recipients:?}");
+        };
+        check(
+            vec![
+                Recipient::at("a", NodeId::new("g2")),
+                Recipient::at("b", NodeId::new("g2")),
+            ],
+            &["g2"],
+        );
+        check(
+            vec![
+                Recipient::at("a", NodeId::new("g3")),
+                Recipient::at("b", NodeId::new("g1")),
+            ],
+            &["g1", "g3"],
+        );
+        check(
+            vec![Recipient::at("a", NodeId::new("g1")), Recipient::from("b")],
+            &["g1", "g2", "g3"],
+        );
+        // A gateway that is no longer a member: the user may have moved anywhere.
+        check(
+            vec![Recipient::at("a", NodeId::new("gone"))],
+            &["g1", "g2", "g3"],
+        );
+    }
+
+    fn config(id: &str, kind: &str, seeds: &[std::net::SocketAddr]) -> runtime::NodeConfig {
+        let mut config = runtime::NodeConfig::new(kind);
+        config.id = NodeId::new(id);
+        config.secret = "logic-sdk-test-secret".into();
+        config.gossip.cluster_id = format!("sdk-unit-{}", std::process::id());
+        config.gossip.seeds = seeds.iter().map(ToString::to_string).collect();
+        config.gossip.gossip_interval = Duration::from_millis(50);
+        config.drain_grace = Duration::from_secs(1);
+        config
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn push_pipelines_stop_when_the_node_shuts_down() {
+        // A node of kind gateway without the gateway service: pushes to it fail, but its
+        // pipeline lives as long as nothing stops it.
+        let listeners = runtime::Listeners::loopback().await.expect("bind");
+        let mut gateway =
+            runtime::Node::start(config("gw", NodeKind::GATEWAY, &[]), listeners, |_| {})
+                .await
+                .expect("gateway node starts");
+        gateway.serve(|routes| routes).await.expect("serves");
+        let listeners = runtime::Listeners::loopback().await.expect("bind");
+        let seeds = [gateway.addrs().gossip];
+        let running = crate::LogicServer::new("pusher")
+            .start(config("pusher", "pusher", &seeds), listeners)
+            .await
+            .expect("logic server starts");
+        let sdk = running.sdk.clone();
+        testkit::eventually(
+            "the logic node sees the gateway",
+            Duration::from_secs(5),
+            || sdk.gateways().is_ok(),
+        )
+        .await;
+        sdk.push_ordered([Recipient::at("ann", NodeId::new("gw"))], 1, "hello");
+        sdk.flush_pushes().await;
+        let open = |sdk: &Sdk| {
+            sdk.lock_pipelines()
+                .values()
+                .filter(|q| !q.is_closed())
+                .count()
+        };
+        assert_eq!(open(&sdk), 1, "one pipeline, to the one gateway");
+
+        running.node.shutdown(|| async {}).await;
+        assert_eq!(open(&sdk), 0, "the pipeline stopped with the node");
+    }
 }

@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 use tracing::{Instrument, debug, debug_span};
 
 use crate::{
-    reply::{LogicError, Reply},
+    reply::{IntoReply, LogicError, Reply},
     sdk::Sdk,
 };
 
@@ -49,9 +49,9 @@ impl Context {
     }
 }
 
-type Handler =
-    Arc<dyn Fn(Context, Bytes) -> BoxFuture<'static, Result<Reply, LogicError>> + Send + Sync>;
-type ClosedHandler = Arc<dyn Fn(SessionClosed, Sdk) -> BoxFuture<'static, ()> + Send + Sync>;
+type Handler<S> =
+    Arc<dyn Fn(S, Context, Bytes) -> BoxFuture<'static, Result<Reply, LogicError>> + Send + Sync>;
+type ClosedHandler<S> = Arc<dyn Fn(S, SessionClosed, Sdk) -> BoxFuture<'static, ()> + Send + Sync>;
 
 /// A session this node watched (or was bound to) has closed.
 #[derive(Clone, Debug)]
@@ -66,81 +66,115 @@ pub struct SessionClosed {
     pub reason: String,
 }
 
-struct Route {
-    handler: Handler,
+struct Route<S> {
+    handler: Handler<S>,
     public: bool,
 }
 
-/// A logic server under construction: its kind and its routes.
-pub struct LogicServer {
+/// A logic server under construction: its kind, its shared state and its routes.
+///
+/// Two kinds of handlers: `handle*` handlers receive a clone of the server's state `S` (one
+/// `Arc` or a struct of them, as with axum's `Router::with_state`), the [`Context`] and the
+/// decoded protobuf request, and return a protobuf message or a [`Reply`]; `route` and
+/// `public_route` handlers receive the context and the raw payload.
+pub struct LogicServer<S = ()> {
     kind: NodeKind,
-    routes: HashMap<u32, Route>,
-    on_closed: Option<ClosedHandler>,
+    state: S,
+    routes: HashMap<u32, Route<S>>,
+    on_closed: Option<ClosedHandler<S>>,
 }
 
 impl LogicServer {
-    /// A logic server of `kind` (`room`, `match`, or your own) with no routes yet.
+    /// A logic server of `kind` (`room`, `match`, or your own) with no state and no routes yet.
     pub fn new(kind: impl Into<NodeKind>) -> Self {
+        Self::with_state(kind, ())
+    }
+}
+
+impl<S: Clone + Send + Sync + 'static> LogicServer<S> {
+    /// A logic server of `kind` whose `handle*` handlers all receive a clone of `state`.
+    pub fn with_state(kind: impl Into<NodeKind>, state: S) -> Self {
         Self {
             kind: kind.into(),
+            state,
             routes: HashMap::new(),
             on_closed: None,
         }
     }
 
-    /// Handles `route` for logged-in users.
+    /// Handles `route` for logged-in users: `handler(state, ctx, request)`. A payload that does
+    /// not decode as `Req` is answered `BAD_REQUEST` and the handler does not run.
+    pub fn handle<Req, R, F, Fut>(self, route: u32, handler: F) -> Self
+    where
+        Req: Message + Default + 'static,
+        R: IntoReply,
+        F: Fn(S, Context, Req) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, LogicError>> + Send + 'static,
+    {
+        self.insert(route, false, typed(handler))
+    }
+
+    /// Like [`LogicServer::handle`], for anyone, logged in or not (login itself).
+    pub fn handle_public<Req, R, F, Fut>(self, route: u32, handler: F) -> Self
+    where
+        Req: Message + Default + 'static,
+        R: IntoReply,
+        F: Fn(S, Context, Req) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, LogicError>> + Send + 'static,
+    {
+        self.insert(route, true, typed(handler))
+    }
+
+    /// Runs `handler(state, closed, sdk)` when a session this node is bound to, or watches,
+    /// closes.
+    pub fn handle_session_closed<F, Fut>(mut self, handler: F) -> Self
+    where
+        F: Fn(S, SessionClosed, Sdk) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.on_closed = Some(Arc::new(move |state, closed, sdk| {
+            Box::pin(handler(state, closed, sdk))
+        }));
+        self
+    }
+
+    /// Handles `route` for logged-in users with the raw payload.
     pub fn route<F, Fut>(self, route: u32, handler: F) -> Self
     where
         F: Fn(Context, Bytes) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Reply, LogicError>> + Send + 'static,
     {
-        self.add(route, false, handler)
+        self.add(route, false, move |_, ctx, payload| handler(ctx, payload))
     }
 
-    /// Handles `route` for anyone, logged in or not (login itself).
+    /// Handles `route` for anyone, logged in or not (login itself), with the raw payload.
     pub fn public_route<F, Fut>(self, route: u32, handler: F) -> Self
     where
         F: Fn(Context, Bytes) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Reply, LogicError>> + Send + 'static,
     {
-        self.add(route, true, handler)
+        self.add(route, true, move |_, ctx, payload| handler(ctx, payload))
     }
 
-    /// Handles `route` for logged-in users with a protobuf request; a payload that does not
-    /// decode is answered with `BAD_REQUEST` and the handler does not run.
-    pub fn route_message<Req, F, Fut>(self, route: u32, handler: F) -> Self
-    where
-        Req: Message + Default + 'static,
-        F: Fn(Context, Req) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<Reply, LogicError>> + Send + 'static,
-    {
-        let handler = Arc::new(handler);
-        self.add(route, false, move |ctx, payload: Bytes| {
-            let handler = handler.clone();
-            async move {
-                let request = Req::decode(payload)
-                    .map_err(|e| LogicError::bad_request(format!("undecodable request: {e}")))?;
-                handler(ctx, request).await
-            }
-        })
-    }
-
-    /// Runs `handler` when a session this node is bound to, or watches, closes.
-    pub fn on_session_closed<F, Fut>(mut self, handler: F) -> Self
+    /// Runs `handler(closed, sdk)` when a session this node is bound to, or watches, closes.
+    pub fn on_session_closed<F, Fut>(self, handler: F) -> Self
     where
         F: Fn(SessionClosed, Sdk) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        self.on_closed = Some(Arc::new(move |closed, sdk| Box::pin(handler(closed, sdk))));
-        self
+        self.handle_session_closed(move |_, closed, sdk| handler(closed, sdk))
     }
 
-    fn add<F, Fut>(mut self, route: u32, public: bool, handler: F) -> Self
+    fn add<F, Fut>(self, route: u32, public: bool, handler: F) -> Self
     where
-        F: Fn(Context, Bytes) -> Fut + Send + Sync + 'static,
+        F: Fn(S, Context, Bytes) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Reply, LogicError>> + Send + 'static,
     {
-        let handler: Handler = Arc::new(move |ctx, payload| Box::pin(handler(ctx, payload)));
+        let handler = move |state, ctx, payload| Box::pin(handler(state, ctx, payload)) as _;
+        self.insert(route, public, Arc::new(handler))
+    }
+
+    fn insert(mut self, route: u32, public: bool, handler: Handler<S>) -> Self {
         self.routes.insert(route, Route { handler, public });
         self
     }
@@ -167,9 +201,10 @@ impl LogicServer {
             record.public_routes = public;
         })
         .await?;
-        let sdk = Sdk::new(node.mesh().clone());
+        let sdk = Sdk::new(node.mesh().clone(), node.tasks());
         let service = LogicService {
             node: sdk.node_id(),
+            state: self.state,
             routes: Arc::new(self.routes),
             on_closed: self.on_closed,
             sdk: sdk.clone(),
@@ -190,9 +225,34 @@ impl LogicServer {
         }
         let running = self.start(config, listeners).await?;
         let shutdown = runtime::signal::shutdown_token();
-        running.node.run(shutdown, || async {}).await;
+        let sdk = running.sdk.clone();
+        running
+            .node
+            .run(shutdown, || async move { sdk.flush_pushes().await })
+            .await;
         Ok(())
     }
+}
+
+/// A raw handler that decodes the payload as `Req` (refusing what does not decode, without
+/// running `handler`) and encodes what `handler` returns.
+fn typed<S, Req, R, F, Fut>(handler: F) -> Handler<S>
+where
+    S: Send + 'static,
+    Req: Message + Default + 'static,
+    R: IntoReply,
+    F: Fn(S, Context, Req) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<R, LogicError>> + Send + 'static,
+{
+    Arc::new(move |state, ctx, payload| match Req::decode(payload) {
+        Ok(request) => {
+            let reply = handler(state, ctx, request);
+            Box::pin(async move { reply.await.map(IntoReply::into_reply) })
+        }
+        Err(_) => Box::pin(std::future::ready(Err(LogicError::bad_request(
+            "undecodable request payload",
+        )))),
+    })
 }
 
 /// A logic server that has joined the cluster and serves its routes.
@@ -203,11 +263,12 @@ pub struct RunningLogic {
     pub sdk: Sdk,
 }
 
-struct LogicService {
+struct LogicService<S> {
     /// This node's id (read once: it is in every request's span).
     node: NodeId,
-    routes: Arc<HashMap<u32, Route>>,
-    on_closed: Option<ClosedHandler>,
+    state: S,
+    routes: Arc<HashMap<u32, Route<S>>>,
+    on_closed: Option<ClosedHandler<S>>,
     sdk: Sdk,
 }
 
@@ -220,7 +281,7 @@ fn status(code: ErrorCode, error: &str) -> pb::LogicResponse {
 }
 
 #[tonic::async_trait]
-impl logic_server::Logic for LogicService {
+impl<S: Clone + Send + Sync + 'static> logic_server::Logic for LogicService<S> {
     async fn handle(
         &self,
         request: Request<pb::LogicRequest>,
@@ -255,7 +316,8 @@ impl logic_server::Logic for LogicService {
             attributes: request.attributes,
             sdk: self.sdk.clone(),
         };
-        let response = match (route.handler)(ctx, request.payload).instrument(span).await {
+        let handled = (route.handler)(self.state.clone(), ctx, request.payload);
+        let response = match handled.instrument(span).await {
             Ok(reply) => reply.into_proto(),
             Err(error) => {
                 debug!(code = error.code, message = %error.message, "handler returned an error");
@@ -277,7 +339,7 @@ impl logic_server::Logic for LogicService {
                 gateway: NodeId::new(closed.gateway_node),
                 reason: closed.reason,
             };
-            handler(closed, self.sdk.clone()).await;
+            handler(self.state.clone(), closed, self.sdk.clone()).await;
         }
         Ok(Response::new(pb::SessionClosedAck {}))
     }

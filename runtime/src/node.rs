@@ -104,6 +104,23 @@ pub struct BoundAddrs {
     pub admin: SocketAddr,
 }
 
+/// Spawns a server's background tasks (actors, queues, retries) so they stop with the node:
+/// each runs until it ends or the node stops (after the drain and the leave), and the shutdown
+/// sequence waits for it. Cloneable; get one from [`Node::tasks`].
+#[derive(Clone)]
+pub struct Tasks {
+    tracker: TaskTracker,
+    stop: CancellationToken,
+}
+
+impl Tasks {
+    /// Runs `task` on the node's tracker until it ends or the node stops, whichever is first.
+    pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.tracker
+            .spawn(self.stop.clone().run_until_cancelled_owned(task));
+    }
+}
+
 /// A node that has joined the cluster. Add services with [`Node::serve`], then [`Node::run`].
 pub struct Node {
     config: NodeConfig,
@@ -205,6 +222,14 @@ impl Node {
     /// This node's mesh.
     pub fn mesh(&self) -> &Mesh {
         &self.mesh
+    }
+
+    /// Where the server's own background tasks go, so they stop with the node.
+    pub fn tasks(&self) -> Tasks {
+        Tasks {
+            tracker: self.tracker.clone(),
+            stop: self.stop.child_token(),
+        }
     }
 
     /// Wraps an internal gRPC service so it rejects calls without the cluster credential.

@@ -1,0 +1,224 @@
+//! Rooms and matches under stress, as real processes: room limits that keep every broadcast
+//! deliverable, and the drain order of room and match servers.
+
+mod support;
+
+use std::{collections::HashMap, time::Duration};
+
+use bytes::Bytes;
+use prost::Message;
+use proto::{
+    matchmaking::v1::{self as mm, routes as match_routes},
+    room::v1::{self as room, errors as room_errors, routes as room_routes},
+};
+use support::*;
+use tokio::task::JoinSet;
+
+/// The default `--max-op-bytes` of logic-room.
+const MAX_OP_BYTES: usize = 64 * 1024;
+
+/// Creates a room and joins it; the room's info.
+async fn create_room(player: &Player) -> room::RoomInfo {
+    let response = player
+        .client
+        .request(
+            room_routes::CREATE,
+            room::CreateRoom::default().encode_to_vec(),
+        )
+        .await
+        .expect("answered");
+    assert!(response.is_ok(), "{} create: {response:?}", player.name);
+    room::RoomInfo::decode(response.payload).expect("decodes")
+}
+
+async fn join_room(player: &Player, room_id: &str) {
+    let join = room::JoinRoom {
+        room_id: room_id.to_owned(),
+    };
+    let response = player
+        .client
+        .request(room_routes::JOIN, join.encode_to_vec())
+        .await
+        .expect("answered");
+    assert!(response.is_ok(), "{} join: {response:?}", player.name);
+}
+
+/// Sends a room operation of `size` bytes; the response status.
+async fn op_of_size(player: &Player, room_id: &str, size: usize) -> u32 {
+    let op = room::RoomOp {
+        room_id: room_id.to_owned(),
+        payload: Bytes::from(vec![b'x'; size]),
+    };
+    let response = player
+        .client
+        .request(room_routes::OP, op.encode_to_vec())
+        .await
+        .expect("answered");
+    response.status
+}
+
+/// The payload size that makes a room operation's request frame `frame` bytes long.
+fn op_size_for_frame(room_id: &str, frame: usize) -> usize {
+    let frame_len = |size: usize| {
+        let op = room::RoomOp {
+            room_id: room_id.to_owned(),
+            payload: Bytes::from(vec![b'x'; size]),
+        };
+        let request = proto::client::v1::Envelope {
+            kind: proto::client::v1::Kind::Request as i32,
+            route: room_routes::OP,
+            msg_id: 1,
+            payload: op.encode_to_vec().into(),
+            ..Default::default()
+        };
+        request.encoded_len()
+    };
+    let mut size = frame;
+    while frame_len(size) > frame {
+        size -= frame_len(size) - frame;
+    }
+    size
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_operation_over_the_limit_is_refused_and_no_member_is_disconnected() {
+    let mut sandbox = Sandbox::new();
+    let gateway = sandbox.gateway("gw");
+    let _room = sandbox.start("logic-room", "room", &[]);
+    let _matcher = sandbox.start("logic-match", "match", &[]);
+    wait_for_members(&gateway, &["gw", "room", "match"]).await;
+    // Every member on TCP: a frame over the client limit would end their connection.
+    let mut players = Vec::new();
+    for name in ["tcp-a", "tcp-b", "tcp-c"] {
+        players.push(Player::login(client_address(&gateway, false), name).await);
+    }
+    let room_id = create_room(&players[0]).await.room_id;
+    for player in &players[1..] {
+        join_room(player, &room_id).await;
+    }
+
+    // A request just under the gateway's 1 MiB frame limit: the gateway takes it, and its
+    // broadcast would be a little larger than a client frame; the room refuses it.
+    let just_under_the_frame_limit = op_size_for_frame(&room_id, 1024 * 1024 - 8);
+    assert_eq!(
+        op_of_size(&players[0], &room_id, just_under_the_frame_limit).await,
+        room_errors::PAYLOAD_TOO_LARGE
+    );
+    assert_eq!(
+        op_of_size(&players[1], &room_id, MAX_OP_BYTES + 1).await,
+        room_errors::PAYLOAD_TOO_LARGE
+    );
+    let oversized = room::SetProperties {
+        room_id: room_id.clone(),
+        properties: HashMap::from([("big".to_owned(), "v".repeat(5000))]),
+    };
+    let response = players[2]
+        .client
+        .request(room_routes::SET_PROPERTIES, oversized.encode_to_vec())
+        .await
+        .expect("answered");
+    assert_eq!(response.status, room_errors::PAYLOAD_TOO_LARGE);
+
+    // An operation at the limit reaches every member, and the refusals took no place in the
+    // room's order; `ops_seen` fails if anyone was disconnected or kicked.
+    assert_eq!(op_of_size(&players[2], &room_id, MAX_OP_BYTES).await, 0);
+    players[1].op(&room_id, "still here").await;
+    for player in &mut players {
+        let seen = player.ops_seen(2).await;
+        assert_eq!(seen[0].0, 1);
+        assert_eq!(
+            seen[0].1.len(),
+            MAX_OP_BYTES,
+            "{} got the full op",
+            player.name
+        );
+        assert_eq!(seen[1], (2, "still here".to_owned()), "{}", player.name);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_of_a_draining_room_server_are_unbound_before_their_rooms_close() {
+    let mut sandbox = Sandbox::new();
+    let gateway = sandbox.gateway("gw");
+    let leaving = sandbox.start("logic-room", "room-1", &[]);
+    let _matcher = sandbox.start("logic-match", "match", &[]);
+    wait_for_members(&gateway, &["gw", "room-1", "match"]).await;
+    // Forty players in twenty rooms, all on room-1 (the only room server so far).
+    let mut players = Vec::new();
+    for i in 0..40 {
+        let name = format!("drain-{i}");
+        players.push(Player::login(client_address(&gateway, i % 2 == 0), &name).await);
+    }
+    for pair in players.chunks(2) {
+        let info = create_room(&pair[0]).await;
+        assert_eq!(info.node_id, "room-1");
+        join_room(&pair[1], &info.room_id).await;
+    }
+    let _staying = sandbox.start("logic-room", "room-2", &[]);
+    wait_for_members(&gateway, &["room-2"]).await;
+
+    leaving.signal("TERM");
+    // Each player asks for a new room the moment it learns its room closed.
+    let mut tasks = JoinSet::new();
+    for mut player in players {
+        tasks.spawn(async move {
+            let closed = room::RoomClosed::decode(player.push(room_routes::PUSH_ROOM_CLOSED).await)
+                .expect("decodes");
+            assert_eq!(closed.reason, "the room server is shutting down");
+            let response = player
+                .client
+                .request(
+                    room_routes::CREATE,
+                    room::CreateRoom::default().encode_to_vec(),
+                )
+                .await
+                .expect("answered");
+            (player.name, response)
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        let (name, response) = done.expect("player task");
+        assert!(
+            response.is_ok(),
+            "{name} was still bound to the draining server: {response:?}"
+        );
+        let info = room::RoomInfo::decode(response.payload).expect("decodes");
+        assert_eq!(info.node_id, "room-2", "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn players_whose_match_waits_for_a_room_server_are_told_when_the_match_server_drains() {
+    let mut sandbox = Sandbox::new();
+    let gateway = sandbox.gateway("gw");
+    let matcher = sandbox.start(
+        "logic-match",
+        "match",
+        &["--modes", "duel=2", "--retry-ms", "300"],
+    );
+    wait_for_members(&gateway, &["gw", "match"]).await;
+    let mut a = Player::login(client_address(&gateway, true), "wait-a").await;
+    let mut b = Player::login(client_address(&gateway, false), "wait-b").await;
+    a.enqueue("duel").await;
+    b.enqueue("duel").await;
+    // No room server: the match is formed but waits, being retried.
+    a.push(match_routes::PUSH_MATCH_DELAYED).await;
+
+    matcher.signal("TERM");
+    for player in [&mut a, &mut b] {
+        let cancelled =
+            mm::QueueCancelled::decode(player.push(match_routes::PUSH_QUEUE_CANCELLED).await)
+                .expect("decodes");
+        assert_eq!(cancelled.mode, "duel", "{}", player.name);
+        assert_eq!(
+            cancelled.reason,
+            "the match server is shutting down; queue again"
+        );
+    }
+    eventually("the match server left", Duration::from_secs(10), || {
+        !gateway.nodes()["nodes"]
+            .as_array()
+            .is_some_and(|n| n.iter().any(|n| n["id"] == "match"))
+    })
+    .await;
+}
