@@ -109,9 +109,8 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (sink, stream) = ws.split();
-    let sink = sink
-        .sink_map_err(|e| FrameError::Transport(e.to_string()))
-        .with(|frame: Bytes| future::ready(Ok::<_, FrameError>(wire::ws::message(frame))));
+    let sink =
+        sink.with(|frame: Bytes| future::ready(Ok::<_, FrameError>(wire::ws::message(frame))));
     let stream = stream.filter_map(|message| future::ready(wire::ws::frame(message)));
     (Box::pin(stream), Box::pin(sink))
 }

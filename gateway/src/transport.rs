@@ -159,9 +159,7 @@ async fn serve_ws(
         }
     };
     let (sink, stream) = ws.split();
-    let sink = sink
-        .sink_map_err(|e| FrameError::Transport(e.to_string()))
-        .with(|out: Outgoing| future::ready(Ok::<_, FrameError>(ws_message(out))));
+    let sink = sink.with(|out: Outgoing| future::ready(Ok::<_, FrameError>(ws_message(out))));
     let stream = stream.filter_map(|message| future::ready(wire::ws::frame(message)));
     connection::serve(gateway, Box::pin(stream), Box::pin(sink), peer, "ws").await;
 }

@@ -447,3 +447,19 @@ async fn a_request_with_the_reserved_message_id_0_is_a_bad_request() {
     assert_eq!((answer.msg_id, answer.status), (1, 0));
     f.still_serving().await;
 }
+
+/// A WebSocket sink that failed once must fail again, not panic (the error mapping used to run
+/// only once, and the second error — a send after a close — panicked the writer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sending_on_a_closed_websocket_fails_every_time_without_panicking() {
+    let f = fixture(&[]).await;
+    let (client, _events) = Client::connect(f.gateway.ws_address())
+        .await
+        .expect("connect");
+    client.close().await;
+    for _ in 0..3 {
+        let sent = client.request(ECHO, "after close").await;
+        assert!(sent.is_err(), "{sent:?}");
+    }
+    f.still_serving().await;
+}

@@ -17,32 +17,6 @@ use tokio::task::JoinSet;
 /// The default `--max-op-bytes` of logic-room.
 const MAX_OP_BYTES: usize = 64 * 1024;
 
-/// Creates a room and joins it; the room's info.
-async fn create_room(player: &Player) -> room::RoomInfo {
-    let response = player
-        .client
-        .request(
-            room_routes::CREATE,
-            room::CreateRoom::default().encode_to_vec(),
-        )
-        .await
-        .expect("answered");
-    assert!(response.is_ok(), "{} create: {response:?}", player.name);
-    room::RoomInfo::decode(response.payload).expect("decodes")
-}
-
-async fn join_room(player: &Player, room_id: &str) {
-    let join = room::JoinRoom {
-        room_id: room_id.to_owned(),
-    };
-    let response = player
-        .client
-        .request(room_routes::JOIN, join.encode_to_vec())
-        .await
-        .expect("answered");
-    assert!(response.is_ok(), "{} join: {response:?}", player.name);
-}
-
 /// Sends a room operation of `size` bytes; the response status.
 async fn op_of_size(player: &Player, room_id: &str, size: usize) -> u32 {
     let op = room::RoomOp {
@@ -92,9 +66,9 @@ async fn a_room_operation_over_the_limit_is_refused_and_no_member_is_disconnecte
     for name in ["tcp-a", "tcp-b", "tcp-c"] {
         players.push(Player::login(client_address(&gateway, false), name).await);
     }
-    let room_id = create_room(&players[0]).await.room_id;
+    let room_id = players[0].create_room().await.room_id;
     for player in &players[1..] {
-        join_room(player, &room_id).await;
+        player.join_room(&room_id).await;
     }
 
     // A request just under the gateway's 1 MiB frame limit: the gateway takes it, and its
@@ -150,9 +124,9 @@ async fn members_of_a_draining_room_server_are_unbound_before_their_rooms_close(
         players.push(Player::login(client_address(&gateway, i % 2 == 0), &name).await);
     }
     for pair in players.chunks(2) {
-        let info = create_room(&pair[0]).await;
+        let info = pair[0].create_room().await;
         assert_eq!(info.node_id, "room-1");
-        join_room(&pair[1], &info.room_id).await;
+        pair[1].join_room(&info.room_id).await;
     }
     let _staying = sandbox.start("logic-room", "room-2", &[]);
     wait_for_members(&gateway, &["room-2"]).await;

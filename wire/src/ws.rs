@@ -36,6 +36,15 @@ pub fn frame(message: Result<Message, tungstenite::Error>) -> Option<Result<Byte
     }
 }
 
+/// A WebSocket error as a frame error, so a sink of messages becomes a sink of frames with
+/// `SinkExt::with` (not `sink_map_err`: its mapping runs once, and a second error, such as a
+/// close after a failed send, panics).
+impl From<tungstenite::Error> for FrameError {
+    fn from(error: tungstenite::Error) -> Self {
+        FrameError::Transport(error.to_string())
+    }
+}
+
 /// A frame body as a WebSocket message.
 pub fn message(frame: Bytes) -> Message {
     Message::Binary(frame)

@@ -247,19 +247,49 @@ impl Player {
     }
 
     pub async fn op(&self, room_id: &str, text: &str) -> u64 {
-        let op = room::RoomOp {
-            room_id: room_id.into(),
-            payload: Bytes::from(text.to_owned()),
-        };
-        let response = self
-            .client
-            .request(room_routes::OP, op.encode_to_vec())
-            .await
-            .expect("answered");
+        let response = self.try_op(room_id, text).await;
         assert!(response.is_ok(), "{} op: {response:?}", self.name);
         room::OpAccepted::decode(response.payload)
             .expect("decodes")
             .seq
+    }
+
+    /// Creates a room and joins it; the room's info.
+    pub async fn create_room(&self) -> room::RoomInfo {
+        let response = self
+            .client
+            .request(
+                room_routes::CREATE,
+                room::CreateRoom::default().encode_to_vec(),
+            )
+            .await
+            .expect("answered");
+        assert!(response.is_ok(), "{} create: {response:?}", self.name);
+        room::RoomInfo::decode(response.payload).expect("decodes")
+    }
+
+    pub async fn join_room(&self, room_id: &str) {
+        let join = room::JoinRoom {
+            room_id: room_id.to_owned(),
+        };
+        let response = self
+            .client
+            .request(room_routes::JOIN, join.encode_to_vec())
+            .await
+            .expect("answered");
+        assert!(response.is_ok(), "{} join: {response:?}", self.name);
+    }
+
+    /// Sends a room operation; the whole response (for tests of failures).
+    pub async fn try_op(&self, room_id: &str, text: &str) -> client::Response {
+        let op = room::RoomOp {
+            room_id: room_id.into(),
+            payload: Bytes::from(text.to_owned()),
+        };
+        self.client
+            .request(room_routes::OP, op.encode_to_vec())
+            .await
+            .expect("answered")
     }
 
     pub async fn ops_seen(&mut self, count: usize) -> Vec<(u64, String)> {
