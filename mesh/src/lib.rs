@@ -19,6 +19,8 @@ pub mod cluster;
 mod datagram;
 mod error;
 mod fanout;
+#[doc(hidden)]
+pub mod fuzzing;
 mod handler;
 pub mod membership;
 mod mesh;
