@@ -80,7 +80,11 @@ pub(crate) async fn receive(
     }
 }
 
-fn accept(credential: &Credential, datagram: &[u8], from: SocketAddr) -> Option<MeshDatagram> {
+pub(crate) fn accept(
+    credential: &Credential,
+    datagram: &[u8],
+    from: SocketAddr,
+) -> Option<MeshDatagram> {
     let Some(body) = credential.open(datagram) else {
         debug!(%from, len = datagram.len(), "dropping a datagram without a valid cluster tag");
         metrics::record_datagram("in", "unauthenticated");

@@ -12,6 +12,7 @@
 //! - `handler`: the handler registry. `pool`: one gRPC channel per peer.
 //! - `service`: the gRPC service peers call. `datagram`: unreliable messages over UDP.
 //! - `auth`: the cluster credential on calls and datagrams. [`metrics`]: metric names.
+//! - `fuzzing` (hidden): the private decoders, for the fuzz targets in `fuzzing/`.
 
 mod auth;
 mod change;
@@ -19,6 +20,8 @@ pub mod cluster;
 mod datagram;
 mod error;
 mod fanout;
+#[doc(hidden)]
+pub mod fuzzing;
 mod handler;
 pub mod membership;
 mod mesh;
