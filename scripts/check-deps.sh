@@ -31,8 +31,9 @@ for crate in runtime gateway logic-room logic-match client-sim; do forbid mesh "
 for shared in logic-sdk client wire runtime; do for server in "${servers[@]}"; do forbid "$shared" "$server"; done; done
 # The client library is for clients: it knows nothing of the cluster.
 for crate in mesh runtime logic-sdk; do forbid client "$crate"; done
-# Only the gateway and client code (the client library, client-sim, the benchmarks, and the
-# launcher that bundles them) depend on the WebSocket library; `wire` only with its `ws` feature.
+# Only the gateway and client code (the client library, client-sim, the benchmarks, the
+# launcher that bundles them, and the fuzzing checks of the WebSocket input) depend on the
+# WebSocket library; `wire` only with its `ws` feature.
 for crate in mesh runtime logic-sdk logic-room logic-match proto; do forbid "$crate" tungstenite; done
 # Positive controls: the checks above would see a real edge.
 require runtime mesh
