@@ -1,0 +1,366 @@
+//! HTTP/2 between nodes under pressure, over real sockets: a burst of calls that piled up at a
+//! starved node (a `switchyard-node` process paused with SIGSTOP: its sockets keep receiving,
+//! nothing reads them) is answered in full once it runs again, on both runtimes, even when
+//! other callers gave up on their calls meanwhile; and a call a peer refused with GOAWAY before
+//! reading it is sent again, while one the peer had taken is not.
+
+mod support;
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use futures::future::join_all;
+use mesh::{Mesh, MeshError, NodeId, command};
+use runtime::{Listeners, Node};
+use support::{NodeProcess, TestNode, eventually, fast_config};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    task::JoinHandle,
+};
+
+/// Calls in a burst: well above the ~2,300 unread small DATA frames h2's default budget (half
+/// of hyper's 1 MiB connection window) took before it answered GOAWAY ENHANCE_YOUR_CALM.
+const BURST: usize = 5_000;
+
+/// Bytes one ping call of these tests puts on the wire at least: HEADERS (mostly indexed
+/// fields), the message frame and the empty END_STREAM frame; 84 on average, measured.
+const MIN_CALL_BYTES: u64 = 75;
+
+/// Calls that must wait at the paused node before it runs again: more than the old budget
+/// allowed, fewer than the stream limit lets a caller send ahead.
+const PILED_UP: u64 = 3_000;
+
+/// Bytes of one RST_STREAM frame.
+const RESET_BYTES: u64 = 13;
+
+/// A caller in this process and a callee process it can pause.
+struct Starved {
+    caller: TestNode,
+    callee: NodeProcess,
+    callee_grpc: SocketAddr,
+}
+
+impl Starved {
+    /// Starts both, with the callee on `runtime`, and makes one call so the connection and its
+    /// settings are in place.
+    async fn start(runtime: &str) -> Self {
+        let mut config = fast_config("caller", "node", &[]);
+        // The callee is paused for seconds; nobody may declare anybody gone meanwhile.
+        config.gossip.failure_detection = Duration::from_secs(30);
+        let caller = TestNode::start(config).await;
+        let callee = NodeProcess::start(
+            "callee",
+            caller.gossip,
+            &["--runtime", runtime, "--failure-detection-ms", "30000"],
+        )
+        .await;
+        let callee_grpc = callee.addrs["grpc"].parse().expect("grpc address");
+        eventually(
+            "the caller sees the callee",
+            Duration::from_secs(10),
+            || caller.cluster.node(&callee.id).is_some(),
+        )
+        .await;
+        let warm = caller.mesh.request(&callee.id, command::PING, "warm").await;
+        assert_eq!(warm, Ok(Bytes::from_static(b"warm")));
+        Starved {
+            caller,
+            callee,
+            callee_grpc,
+        }
+    }
+
+    /// Pauses the callee (SIGSTOP), as a process starved of CPU is paused.
+    fn pause(&self) {
+        signal(&self.callee, "STOP");
+    }
+
+    /// Lets the callee run again (SIGCONT).
+    fn resume(&self) {
+        signal(&self.callee, "CONT");
+    }
+
+    /// `count` concurrent pings to the callee, each allowed `timeout`.
+    fn burst(&self, count: usize, timeout: Duration) -> Vec<JoinHandle<Result<Bytes, MeshError>>> {
+        (0..count)
+            .map(|i| {
+                let (mesh, callee): (Mesh, NodeId) =
+                    (self.caller.mesh.clone(), self.callee.id.clone());
+                tokio::spawn(async move {
+                    let payload = format!("call-{i}");
+                    mesh.request_with_timeout(&callee, command::PING, payload, timeout)
+                        .await
+                })
+            })
+            .collect()
+    }
+
+    /// Waits until at least `bytes` wait on the connection to the paused callee.
+    async fn piled_up(&self, what: &str, bytes: u64) {
+        eventually(what, Duration::from_secs(30), || {
+            queued_bytes(self.callee_grpc) >= bytes
+        })
+        .await;
+    }
+}
+
+/// The errors of the calls, as text.
+async fn failures(calls: Vec<JoinHandle<Result<Bytes, MeshError>>>) -> Vec<String> {
+    join_all(calls)
+        .await
+        .into_iter()
+        .filter_map(|joined| joined.expect("call task").err().map(|e| e.to_string()))
+        .collect()
+}
+
+async fn a_burst_at_a_paused_node_is_answered_in_full(runtime: &str) {
+    let starved = Starved::start(runtime).await;
+    starved.pause();
+    let calls = starved.burst(BURST, Duration::from_secs(60));
+    starved
+        .piled_up("the burst piles up", PILED_UP * MIN_CALL_BYTES)
+        .await;
+    starved.resume();
+
+    let failed = failures(calls).await;
+    assert!(
+        failed.is_empty(),
+        "{} of {BURST} calls failed, first: {:?}",
+        failed.len(),
+        failed.first()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_at_a_starved_multi_thread_node_is_answered_in_full() {
+    a_burst_at_a_paused_node_is_answered_in_full("multi-thread").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_at_a_starved_current_thread_node_is_answered_in_full() {
+    a_burst_at_a_paused_node_is_answered_in_full("current-thread").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_giving_up_at_a_starved_node_do_not_cost_the_patient_ones() {
+    let starved = Starved::start("multi-thread").await;
+    starved.pause();
+    let patient = starved.burst(1_000, Duration::from_secs(60));
+    let impatient = starved.burst(2_500, Duration::from_secs(2));
+    starved
+        .piled_up("both bursts pile up", 3_000 * MIN_CALL_BYTES)
+        .await;
+    let before = queued_bytes(starved.callee_grpc);
+    let gave_up = failures(impatient).await;
+    assert_eq!(gave_up.len(), 2_500, "the impatient calls time out");
+    // Each call given up on after it was sent sends a reset, which waits with the rest; h2's
+    // default allowed 20 of them.
+    starved
+        .piled_up("the resets pile up", before + 2_000 * RESET_BYTES)
+        .await;
+    starved.resume();
+
+    let failed = failures(patient).await;
+    assert!(
+        failed.is_empty(),
+        "{} of 1,000 patient calls failed, first: {:?}",
+        failed.len(),
+        failed.first()
+    );
+}
+
+const ECHO: u32 = 0x1001;
+
+/// When the first connection to a [`Front`] sends its GOAWAY.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum GoAway {
+    /// Before reading any call (last stream id 0).
+    BeforeTakingACall,
+    /// After the first call's HEADERS arrived (last stream id 1: the call was taken, and is
+    /// never answered).
+    AfterTakingTheCall,
+}
+
+/// A listener in front of a node's gRPC port: its first connection is answered by a minimal
+/// HTTP/2 server that sends `GOAWAY ENHANCE_YOUR_CALM` and closes, as h2's flood guard does;
+/// every later connection is passed through to the node.
+struct Front {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+}
+
+impl Front {
+    async fn start(node: SocketAddr, goaway: GoAway) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counter = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if counter.fetch_add(1, Ordering::SeqCst) == 0 {
+                    tokio::spawn(refuse(inbound, goaway));
+                    continue;
+                }
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(node).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Front { addr, connections }
+    }
+}
+
+/// The HTTP/2 side of a [`Front`]'s first connection (RFC 9113 frames: 9-byte header of length,
+/// type, flags and stream id, then the payload).
+async fn refuse(mut socket: TcpStream, goaway: GoAway) -> std::io::Result<()> {
+    const PREFACE_LEN: usize = 24;
+    const HEADERS: u8 = 0x1;
+    const SETTINGS: u8 = 0x4;
+    const GOAWAY: u8 = 0x7;
+    const ENHANCE_YOUR_CALM: u32 = 0xb;
+    let frame = |kind: u8, payload: &[u8]| {
+        let mut frame = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        frame.extend([kind, 0, 0, 0, 0, 0]);
+        frame.extend(payload);
+        frame
+    };
+    socket.write_all(&frame(SETTINGS, &[])).await?;
+    let mut last_stream = 0u32;
+    if goaway == GoAway::AfterTakingTheCall {
+        let mut preface = [0u8; PREFACE_LEN];
+        socket.read_exact(&mut preface).await?;
+        loop {
+            let mut header = [0u8; 9];
+            socket.read_exact(&mut header).await?;
+            let len = u32::from_be_bytes([0, header[0], header[1], header[2]]);
+            let mut payload = vec![0u8; len as usize];
+            socket.read_exact(&mut payload).await?;
+            if header[3] == HEADERS {
+                last_stream = u32::from_be_bytes([header[5], header[6], header[7], header[8]]);
+                break;
+            }
+        }
+    }
+    let mut payload = last_stream.to_be_bytes().to_vec();
+    payload.extend(ENHANCE_YOUR_CALM.to_be_bytes());
+    socket.write_all(&frame(GOAWAY, &payload)).await?;
+    // Then close, as h2's flood guard does.
+    socket.shutdown().await?;
+    // Read what the caller still sends until it hangs up: closing with unread bytes would reset
+    // the connection, and the caller might lose the GOAWAY.
+    tokio::io::copy(&mut socket, &mut tokio::io::sink()).await?;
+    Ok(())
+}
+
+/// A caller, and a callee whose record names `front`'s address instead of its own gRPC port,
+/// with an echo handler counting the calls it ran.
+async fn behind_a_front(goaway: GoAway) -> (TestNode, Node, NodeId, Front, Arc<AtomicUsize>) {
+    let caller = TestNode::start(fast_config("caller", "node", &[])).await;
+    let listeners = Listeners::loopback().await.expect("bind loopback");
+    let grpc = listeners.grpc.local_addr().expect("grpc address");
+    let front = Front::start(grpc, goaway).await;
+    let advertised = front.addr;
+    let mut callee = Node::start(
+        fast_config("callee", "node", &[caller.gossip]),
+        listeners,
+        |record| record.grpc_addr = advertised,
+    )
+    .await
+    .expect("callee starts");
+    let ran = Arc::new(AtomicUsize::new(0));
+    let counter = ran.clone();
+    callee.mesh().handle(ECHO, move |_, payload| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async move { Ok(payload) }
+    });
+    callee.serve(|routes| routes).await.expect("callee serves");
+    let id = callee.cluster().self_id();
+    eventually(
+        "the caller sees the callee",
+        Duration::from_secs(10),
+        || caller.cluster.node(&id).is_some(),
+    )
+    .await;
+    (caller, callee, id, front, ran)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_refused_by_a_goaway_before_it_was_read_is_sent_again() {
+    let (caller, _callee, callee, front, ran) = behind_a_front(GoAway::BeforeTakingACall).await;
+
+    let reply = caller.mesh.request(&callee, ECHO, "once").await;
+
+    assert_eq!(reply, Ok(Bytes::from_static(b"once")));
+    assert_eq!(ran.load(Ordering::SeqCst), 1, "the handler ran once");
+    assert_eq!(
+        front.connections.load(Ordering::SeqCst),
+        2,
+        "the call went out again on a new connection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_the_peer_had_taken_when_its_connection_broke_is_not_sent_again() {
+    let (caller, _callee, callee, front, ran) = behind_a_front(GoAway::AfterTakingTheCall).await;
+
+    let reply = caller.mesh.request(&callee, ECHO, "once").await;
+
+    assert!(
+        matches!(reply, Err(MeshError::Transport { .. })),
+        "the caller is told the transport failed: {reply:?}"
+    );
+    assert_eq!(ran.load(Ordering::SeqCst), 0, "nothing reached the handler");
+    assert_eq!(
+        front.connections.load(Ordering::SeqCst),
+        1,
+        "the call was not sent again"
+    );
+}
+
+/// Sends `kill -s name` to a node process.
+fn signal(node: &NodeProcess, name: &str) {
+    let status = std::process::Command::new("kill")
+        .args(["-s", name, &node.child.id().to_string()])
+        .status();
+    assert!(status.is_ok_and(|s| s.success()), "kill -s {name} failed");
+}
+
+/// Bytes waiting on the loopback TCP connections to `server`: unread at the server plus unsent
+/// at its clients (`/proc/net/tcp`: `rx_queue` of sockets on the server's port, `tx_queue` of
+/// sockets to it).
+fn queued_bytes(server: SocketAddr) -> u64 {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return 0;
+    };
+    let port = format!(":{:04X}", server.port());
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (local, remote, queues) = (fields.get(1)?, fields.get(2)?, fields.get(4)?);
+            let (tx, rx) = queues.split_once(':')?;
+            let (tx, rx) = (
+                u64::from_str_radix(tx, 16).ok()?,
+                u64::from_str_radix(rx, 16).ok()?,
+            );
+            if local.ends_with(&port) {
+                Some(rx)
+            } else if remote.ends_with(&port) {
+                Some(tx)
+            } else {
+                None
+            }
+        })
+        .sum()
+}
