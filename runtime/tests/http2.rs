@@ -106,7 +106,7 @@ impl Starved {
     /// Waits until at least `bytes` wait on the connection to the paused callee.
     async fn piled_up(&self, what: &str, bytes: u64) {
         eventually(what, Duration::from_secs(30), || {
-            queued_bytes(self.callee_grpc) >= bytes
+            testkit::queued_bytes(self.callee_grpc) >= bytes
         })
         .await;
     }
@@ -158,7 +158,7 @@ async fn callers_giving_up_at_a_starved_node_do_not_cost_the_patient_ones() {
     starved
         .piled_up("both bursts pile up", 3_000 * MIN_CALL_BYTES)
         .await;
-    let before = queued_bytes(starved.callee_grpc);
+    let before = testkit::queued_bytes(starved.callee_grpc);
     let gave_up = failures(impatient).await;
     assert_eq!(gave_up.len(), 2_500, "the impatient calls time out");
     // Each call given up on after it was sent sends a reset, which waits with the rest; h2's
@@ -333,34 +333,4 @@ fn signal(node: &NodeProcess, name: &str) {
         .args(["-s", name, &node.child.id().to_string()])
         .status();
     assert!(status.is_ok_and(|s| s.success()), "kill -s {name} failed");
-}
-
-/// Bytes waiting on the loopback TCP connections to `server`: unread at the server plus unsent
-/// at its clients (`/proc/net/tcp`: `rx_queue` of sockets on the server's port, `tx_queue` of
-/// sockets to it).
-fn queued_bytes(server: SocketAddr) -> u64 {
-    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
-        return 0;
-    };
-    let port = format!(":{:04X}", server.port());
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let (local, remote, queues) = (fields.get(1)?, fields.get(2)?, fields.get(4)?);
-            let (tx, rx) = queues.split_once(':')?;
-            let (tx, rx) = (
-                u64::from_str_radix(tx, 16).ok()?,
-                u64::from_str_radix(rx, 16).ok()?,
-            );
-            if local.ends_with(&port) {
-                Some(rx)
-            } else if remote.ends_with(&port) {
-                Some(tx)
-            } else {
-                None
-            }
-        })
-        .sum()
 }
