@@ -1,8 +1,9 @@
 //! HTTP/2 between nodes under pressure, over real sockets: a burst of calls that piled up at a
 //! starved node (a `switchyard-node` process paused with SIGSTOP: its sockets keep receiving,
 //! nothing reads them) is answered in full once it runs again, on both runtimes, even when
-//! other callers gave up on their calls meanwhile; and a call a peer refused with GOAWAY before
-//! reading it is sent again, while one the peer had taken is not.
+//! other callers gave up on their calls meanwhile; and a call a peer turned away unread (its
+//! GOAWAY came first, or it answered `REFUSED_STREAM`) is sent again, while one the peer had
+//! taken when the connection broke is not.
 
 mod support;
 
@@ -179,26 +180,29 @@ async fn callers_giving_up_at_a_starved_node_do_not_cost_the_patient_ones() {
 
 const ECHO: u32 = 0x1001;
 
-/// When the first connection to a [`Front`] sends its GOAWAY.
+/// How the first connection to a [`Front`] turns the first call away.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum GoAway {
-    /// Before reading any call (last stream id 0).
-    BeforeTakingACall,
-    /// After the first call's HEADERS arrived (last stream id 1: the call was taken, and is
-    /// never answered).
-    AfterTakingTheCall,
+enum Refusal {
+    /// `GOAWAY ENHANCE_YOUR_CALM` before reading any call (last stream id 0), then close, as
+    /// h2's flood guard does.
+    GoAwayBeforeTakingIt,
+    /// The same GOAWAY once the call's HEADERS arrived (last stream id: the call's, so it was
+    /// taken), then close: the call is never answered.
+    GoAwayAfterTakingIt,
+    /// `RST_STREAM REFUSED_STREAM` of the call, then `GOAWAY NO_ERROR` and close.
+    RefusedStream,
 }
 
 /// A listener in front of a node's gRPC port: its first connection is answered by a minimal
-/// HTTP/2 server that sends `GOAWAY ENHANCE_YOUR_CALM` and closes, as h2's flood guard does;
-/// every later connection is passed through to the node.
+/// HTTP/2 server that turns the first call away; every later connection is passed through to
+/// the node.
 struct Front {
     addr: SocketAddr,
     connections: Arc<AtomicUsize>,
 }
 
 impl Front {
-    async fn start(node: SocketAddr, goaway: GoAway) -> Self {
+    async fn start(node: SocketAddr, refusal: Refusal) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("address");
         let connections = Arc::new(AtomicUsize::new(0));
@@ -206,7 +210,7 @@ impl Front {
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 if counter.fetch_add(1, Ordering::SeqCst) == 0 {
-                    tokio::spawn(refuse(inbound, goaway));
+                    tokio::spawn(refuse(inbound, refusal));
                     continue;
                 }
                 tokio::spawn(async move {
@@ -220,111 +224,153 @@ impl Front {
     }
 }
 
-/// The HTTP/2 side of a [`Front`]'s first connection (RFC 9113 frames: 9-byte header of length,
-/// type, flags and stream id, then the payload).
-async fn refuse(mut socket: TcpStream, goaway: GoAway) -> std::io::Result<()> {
+/// The HTTP/2 side of a [`Front`]'s first connection (RFC 9113 frames: a 9-byte header of
+/// length, type, flags and stream id, then the payload).
+async fn refuse(mut socket: TcpStream, refusal: Refusal) -> std::io::Result<()> {
     const PREFACE_LEN: usize = 24;
     const HEADERS: u8 = 0x1;
+    const RST_STREAM: u8 = 0x3;
     const SETTINGS: u8 = 0x4;
     const GOAWAY: u8 = 0x7;
+    const NO_ERROR: u32 = 0x0;
+    const REFUSED_STREAM: u32 = 0x7;
     const ENHANCE_YOUR_CALM: u32 = 0xb;
-    let frame = |kind: u8, payload: &[u8]| {
+    let frame = |kind: u8, stream: u32, payload: &[u8]| {
         let mut frame = (payload.len() as u32).to_be_bytes()[1..].to_vec();
-        frame.extend([kind, 0, 0, 0, 0, 0]);
+        frame.extend([kind, 0]);
+        frame.extend(stream.to_be_bytes());
         frame.extend(payload);
         frame
     };
-    socket.write_all(&frame(SETTINGS, &[])).await?;
-    let mut last_stream = 0u32;
-    if goaway == GoAway::AfterTakingTheCall {
+    let goaway = |last_stream: u32, code: u32| {
+        let mut payload = last_stream.to_be_bytes().to_vec();
+        payload.extend(code.to_be_bytes());
+        frame(GOAWAY, 0, &payload)
+    };
+    socket.write_all(&frame(SETTINGS, 0, &[])).await?;
+    if refusal == Refusal::GoAwayBeforeTakingIt {
+        socket.write_all(&goaway(0, ENHANCE_YOUR_CALM)).await?;
+    } else {
         let mut preface = [0u8; PREFACE_LEN];
         socket.read_exact(&mut preface).await?;
-        loop {
+        let call = loop {
             let mut header = [0u8; 9];
             socket.read_exact(&mut header).await?;
             let len = u32::from_be_bytes([0, header[0], header[1], header[2]]);
             let mut payload = vec![0u8; len as usize];
             socket.read_exact(&mut payload).await?;
             if header[3] == HEADERS {
-                last_stream = u32::from_be_bytes([header[5], header[6], header[7], header[8]]);
-                break;
+                break u32::from_be_bytes([header[5], header[6], header[7], header[8]]);
             }
+        };
+        if refusal == Refusal::RefusedStream {
+            socket
+                .write_all(&frame(RST_STREAM, call, &REFUSED_STREAM.to_be_bytes()))
+                .await?;
+            socket.write_all(&goaway(call, NO_ERROR)).await?;
+        } else {
+            socket.write_all(&goaway(call, ENHANCE_YOUR_CALM)).await?;
         }
     }
-    let mut payload = last_stream.to_be_bytes().to_vec();
-    payload.extend(ENHANCE_YOUR_CALM.to_be_bytes());
-    socket.write_all(&frame(GOAWAY, &payload)).await?;
-    // Then close, as h2's flood guard does.
     socket.shutdown().await?;
     // Read what the caller still sends until it hangs up: closing with unread bytes would reset
-    // the connection, and the caller might lose the GOAWAY.
+    // the connection, and the caller might lose the last frames.
     tokio::io::copy(&mut socket, &mut tokio::io::sink()).await?;
     Ok(())
 }
 
-/// A caller, and a callee whose record names `front`'s address instead of its own gRPC port,
-/// with an echo handler counting the calls it ran.
-async fn behind_a_front(goaway: GoAway) -> (TestNode, Node, NodeId, Front, Arc<AtomicUsize>) {
-    let caller = TestNode::start(fast_config("caller", "node", &[])).await;
-    let listeners = Listeners::loopback().await.expect("bind loopback");
-    let grpc = listeners.grpc.local_addr().expect("grpc address");
-    let front = Front::start(grpc, goaway).await;
-    let advertised = front.addr;
-    let mut callee = Node::start(
-        fast_config("callee", "node", &[caller.gossip]),
-        listeners,
-        |record| record.grpc_addr = advertised,
-    )
-    .await
-    .expect("callee starts");
-    let ran = Arc::new(AtomicUsize::new(0));
-    let counter = ran.clone();
-    callee.mesh().handle(ECHO, move |_, payload| {
-        counter.fetch_add(1, Ordering::SeqCst);
-        async move { Ok(payload) }
-    });
-    callee.serve(|routes| routes).await.expect("callee serves");
-    let id = callee.cluster().self_id();
-    eventually(
-        "the caller sees the callee",
-        Duration::from_secs(10),
-        || caller.cluster.node(&id).is_some(),
-    )
-    .await;
-    (caller, callee, id, front, ran)
+/// A caller, and a callee whose record names a [`Front`]'s address instead of its own gRPC
+/// port, with an echo handler counting the calls it ran.
+struct BehindAFront {
+    caller: TestNode,
+    callee: NodeId,
+    front: Front,
+    handled: Arc<AtomicUsize>,
+    _callee: Node,
+}
+
+impl BehindAFront {
+    async fn start(refusal: Refusal) -> Self {
+        let caller = TestNode::start(fast_config("caller", "node", &[])).await;
+        let listeners = Listeners::loopback().await.expect("bind loopback");
+        let grpc = listeners.grpc.local_addr().expect("grpc address");
+        let front = Front::start(grpc, refusal).await;
+        let advertised = front.addr;
+        let mut node = Node::start(
+            fast_config("callee", "node", &[caller.gossip]),
+            listeners,
+            |record| record.grpc_addr = advertised,
+        )
+        .await
+        .expect("callee starts");
+        let handled = Arc::new(AtomicUsize::new(0));
+        let counter = handled.clone();
+        node.mesh().handle(ECHO, move |_, payload| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async move { Ok(payload) }
+        });
+        node.serve(|routes| routes).await.expect("callee serves");
+        let callee = node.cluster().self_id();
+        eventually(
+            "the caller sees the callee",
+            Duration::from_secs(10),
+            || caller.cluster.node(&callee).is_some(),
+        )
+        .await;
+        BehindAFront {
+            caller,
+            callee,
+            front,
+            handled,
+            _callee: node,
+        }
+    }
+
+    async fn echo(&self, text: &'static str) -> Result<Bytes, MeshError> {
+        self.caller.mesh.request(&self.callee, ECHO, text).await
+    }
+
+    /// Calls the callee's handler ran.
+    fn handled(&self) -> usize {
+        self.handled.load(Ordering::SeqCst)
+    }
+
+    /// Connections the caller opened to the front.
+    fn connections(&self) -> usize {
+        self.front.connections.load(Ordering::SeqCst)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_refused_by_a_goaway_before_it_was_read_is_sent_again() {
-    let (caller, _callee, callee, front, ran) = behind_a_front(GoAway::BeforeTakingACall).await;
+    let peer = BehindAFront::start(Refusal::GoAwayBeforeTakingIt).await;
 
-    let reply = caller.mesh.request(&callee, ECHO, "once").await;
+    assert_eq!(peer.echo("once").await, Ok(Bytes::from_static(b"once")));
+    assert_eq!(peer.handled(), 1, "the handler ran once");
+    assert_eq!(peer.connections(), 2, "sent again on a new connection");
+}
 
-    assert_eq!(reply, Ok(Bytes::from_static(b"once")));
-    assert_eq!(ran.load(Ordering::SeqCst), 1, "the handler ran once");
-    assert_eq!(
-        front.connections.load(Ordering::SeqCst),
-        2,
-        "the call went out again on a new connection"
-    );
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_refused_with_refused_stream_is_sent_again() {
+    let peer = BehindAFront::start(Refusal::RefusedStream).await;
+
+    assert_eq!(peer.echo("once").await, Ok(Bytes::from_static(b"once")));
+    assert_eq!(peer.handled(), 1, "the handler ran once");
+    assert_eq!(peer.connections(), 2, "sent again on a new connection");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_the_peer_had_taken_when_its_connection_broke_is_not_sent_again() {
-    let (caller, _callee, callee, front, ran) = behind_a_front(GoAway::AfterTakingTheCall).await;
+    let peer = BehindAFront::start(Refusal::GoAwayAfterTakingIt).await;
 
-    let reply = caller.mesh.request(&callee, ECHO, "once").await;
+    let reply = peer.echo("once").await;
 
     assert!(
         matches!(reply, Err(MeshError::Transport { .. })),
         "the caller is told the transport failed: {reply:?}"
     );
-    assert_eq!(ran.load(Ordering::SeqCst), 0, "nothing reached the handler");
-    assert_eq!(
-        front.connections.load(Ordering::SeqCst),
-        1,
-        "the call was not sent again"
-    );
+    assert_eq!(peer.handled(), 0, "nothing reached the handler");
+    assert_eq!(peer.connections(), 1, "the call was not sent again");
 }
 
 /// Sends `kill -s name` to a node process.
