@@ -4,27 +4,32 @@
 //!
 //! # Why these numbers
 //!
-//! h2 (0.4.20 on) guards against floods of small frames: every DATA frame that does not end
-//! its stream and carries fewer than 256 bytes is charged `256 - len` bytes against a budget of
-//! the connection, until the application reads the frame; a spent budget is answered with
+//! h2 guards against floods of small frames: every DATA frame that does not end its stream and
+//! carries fewer than 256 bytes is charged `256 - len` bytes against a budget of the
+//! connection until the application reads the frame, and a spent budget is answered with
 //! `GOAWAY ENHANCE_YOUR_CALM` ("too_many_data_frames"), which fails every call on the
-//! connection. The budget is half the connection's flow-control window, and it cannot be set
-//! through tonic. A unary gRPC call sends its message in one such frame (the END_STREAM comes
-//! in an empty frame after it), so a login of about 40 bytes costs about 220 bytes of budget
-//! until its handler runs; a response costs the same at the caller until the caller reads it.
+//! connection. The budget is half the connection's flow-control window (h2 0.4.19 on; the
+//! workspace asks for 0.4.20) and cannot be set through tonic. A unary gRPC call sends its
+//! message in one such frame (END_STREAM follows in an empty frame), so a login of about 40
+//! bytes costs about 220 bytes of budget until its handler reads it; a response costs the same
+//! at the caller until the caller reads it.
 //!
 //! With hyper's defaults (1 MiB window, so a 512 KiB budget, and no stream limit) about 2,400
 //! calls could wait unread: a node starved of CPU for a moment while a gateway forwarded a
 //! login storm read more than that at once and cut the gateway off, losing thousands of logins.
 //!
 //! Now a connection holds at most [`MAX_CONCURRENT_STREAMS`] open calls (a caller queues the
-//! rest; it never fails them) and at most [`MAX_PENDING_RESETS`] calls the caller gave up on
-//! before the server took them. Each holds at most one unread small frame (any larger piece of
-//! a message is not charged), so at most (4,096 + 4,096) × 255 = 2,088,960 bytes are charged,
-//! within the 2,097,152-byte budget of a [`CONNECTION_WINDOW`] of 4 MiB. The same window on the
-//! caller's side holds the 4,096 unread responses with room to spare. A peer that opens more
-//! streams than it was allowed, or cancels more calls than it could have had open, is still cut
-//! off: that is a flood.
+//! rest; it does not fail them) plus at most [`MAX_PENDING_RESETS`] calls its caller gave up on
+//! before the server took them. Each holds at most one unread small frame (a message up to
+//! 16 KiB is one frame; larger pieces are not charged), so at most (4,096 + 4,096) × 255 =
+//! 2,088,960 bytes are charged, within the 2,097,152-byte budget of a [`CONNECTION_WINDOW`] of
+//! 4 MiB. The same window at the caller holds 4,096 unread responses with room to spare.
+//!
+//! What still cuts a connection off is a peer giving up on more than 4,096 calls the server has
+//! not taken yet: a legitimate caller does that only to a server stalled for longer than the
+//! caller's timeout with thousands of calls open, when those calls have failed anyway. (A
+//! stream beyond the limit is refused alone, with `REFUSED_STREAM`, which callers send again;
+//! h2 callers do not open one.)
 
 use std::time::Duration;
 
@@ -34,9 +39,10 @@ use tonic::transport::{Endpoint, Server};
 /// beyond it wait in their channel's queue, within their own timeout.
 pub const MAX_CONCURRENT_STREAMS: u32 = 4_096;
 
-/// Calls a peer may cancel before the server accepted them, before the server takes it for a
-/// "rapid reset" attack (h2's default is 20: a burst of timeouts at a starved node exceeds it).
-/// A caller cannot have more calls open than [`MAX_CONCURRENT_STREAMS`].
+/// Calls a peer may have given up on (reset) before the server took them, before the server
+/// takes it for a "rapid reset" attack. h2's default of 20 is exceeded by a burst of timeouts
+/// at a node stalled for a moment; a legitimate caller has at most [`MAX_CONCURRENT_STREAMS`]
+/// calls open to give up on.
 pub const MAX_PENDING_RESETS: u32 = MAX_CONCURRENT_STREAMS;
 
 /// Flow-control window of a connection, both directions; h2's small-frame budget is half of it.
