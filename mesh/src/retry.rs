@@ -1,5 +1,5 @@
-//! Sending a gRPC call to a peer again when the peer certainly did not process it: refused by
-//! its GOAWAY or with `REFUSED_STREAM`, or never sent because the connection was not there.
+//! Which failed gRPC calls a peer certainly did not process, and sending those again: refused
+//! by the peer's GOAWAY or with `REFUSED_STREAM`, or never sent because the connection closed.
 
 use std::{error::Error, future::Future, time::Duration};
 
@@ -14,8 +14,8 @@ use crate::metrics;
 pub const MAX_ATTEMPTS: u32 = 3;
 
 /// Whether the peer certainly did not process the gRPC call that failed with `status`, so
-/// sending it again cannot run it twice. True when the call never reached the peer or the peer
-/// refused it unread:
+/// sending it again (to it or to another node) cannot run it twice. True when the call never
+/// reached the peer or the peer refused it unread:
 /// - the connection could not be established;
 /// - the connection closed before the call was written to it;
 /// - the peer's GOAWAY left the call unanswered: the call came after the last one the peer said
@@ -25,24 +25,16 @@ pub const MAX_ATTEMPTS: u32 = 3;
 /// False for everything else, including a connection that broke while the peer held the call
 /// and any status the peer answered (a handler's `UNAVAILABLE` too): the peer may have acted.
 pub fn unprocessed(status: &tonic::Status) -> bool {
-    let mut cause = status.source();
-    while let Some(error) = cause {
-        if never_processed(error) {
-            return true;
-        }
-        cause = error.source();
-    }
-    false
+    causes(status).any(|cause| cause.is::<tonic::ConnectError>() || turned_away(cause))
 }
 
-/// One error of a failed call's cause chain, as tonic, hyper and h2 report it.
-fn never_processed(error: &(dyn Error + 'static)) -> bool {
-    if error.is::<tonic::ConnectError>() {
-        return true;
-    }
+/// The peer, or the connection to it, turned the call away unsent or unread: the last three
+/// cases of [`unprocessed`]. Worth sending again at once; a connection that could not be
+/// established is not (the peer is unreachable now, and the caller should hear so).
+fn turned_away(cause: &(dyn Error + 'static)) -> bool {
     // hyper's HTTP/2 client says "canceled" only of a request it never handed to the
     // connection ("connection closed", "connection was not ready").
-    if error
+    if cause
         .downcast_ref::<hyper::Error>()
         .is_some_and(hyper::Error::is_canceled)
     {
@@ -50,17 +42,23 @@ fn never_processed(error: &(dyn Error + 'static)) -> bool {
     }
     // h2 fails a call with the peer's GOAWAY only when its stream id is above the GOAWAY's last
     // stream id, or when it was opened after it; calls below it fail with the broken connection.
-    error.downcast_ref::<h2::Error>().is_some_and(|error| {
+    cause.downcast_ref::<h2::Error>().is_some_and(|error| {
         error.is_remote()
             && (error.is_go_away() || error.reason() == Some(h2::Reason::REFUSED_STREAM))
     })
 }
 
+/// The errors behind a failed call's status, outermost first.
+fn causes(status: &tonic::Status) -> impl Iterator<Item = &(dyn Error + 'static)> {
+    std::iter::successors(status.source(), |&cause| cause.source())
+}
+
 /// [`tokio::time::timeout`] for a gRPC call that is made again, within the same `timeout`,
-/// when the peer certainly did not process it ([`unprocessed`]; at most [`MAX_ATTEMPTS`] in
-/// all). `attempt` makes one call, given the time left (for the call's `grpc-timeout`); the
-/// result reads as `tokio::time::timeout`'s: `Err(Elapsed)` when no attempt finished in time,
-/// else the last attempt's result.
+/// when the peer turned it away unread or the connection closed before it went out (the
+/// [`unprocessed`] failures except a connection that could not be established; at most
+/// [`MAX_ATTEMPTS`] in all). `attempt` makes one call, given the time left (for the call's
+/// `grpc-timeout`); the result reads as `tokio::time::timeout`'s: `Err(Elapsed)` when no
+/// attempt finished in time, else the last attempt's result.
 pub async fn retrying_unprocessed<T, F, Fut>(
     timeout: Duration,
     mut attempt: F,
@@ -75,7 +73,7 @@ where
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match attempt(left).await {
-                Err(status) if attempts < MAX_ATTEMPTS && unprocessed(&status) => {
+                Err(status) if attempts < MAX_ATTEMPTS && causes(&status).any(turned_away) => {
                     attempts += 1;
                     debug!(%status, attempt = attempts, "the peer did not process the call; sending it again");
                     metrics::record_retry();
@@ -107,6 +105,25 @@ mod tests {
             tonic::Status::cancelled("the peer gave up"),
         ] {
             assert!(!unprocessed(&status), "{status:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_call_that_could_not_connect_or_was_answered_is_made_once() {
+        let refused = || {
+            let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+            tonic::Status::from_error(Box::new(tonic::ConnectError(Box::new(refused))))
+        };
+        let answered = || tonic::Status::unavailable("the handler is overloaded");
+        for failure in [refused, answered] {
+            let mut attempts = 0;
+            let result = retrying_unprocessed(Duration::from_secs(1), |_| {
+                attempts += 1;
+                std::future::ready(Err::<(), _>(failure()))
+            })
+            .await;
+            assert!(matches!(result, Ok(Err(_))));
+            assert_eq!(attempts, 1, "{:?}", failure());
         }
     }
 
