@@ -12,7 +12,7 @@ use crate::{
     Common,
     procfs::rss_kib,
     report::{COMPARED, Compared, Figure, Report, Who, text},
-    stack::{Fresh, Transport, turn_order},
+    stack::{Fresh, Services, Transport, turn_order},
     swarm::Swarm,
 };
 
@@ -95,7 +95,14 @@ async fn measure(
     round: usize,
     failures: &mut Vec<String>,
 ) -> anyhow::Result<f64> {
-    let system = Fresh::start(who, flavor, transport, &args.common.go_baseline).await?;
+    let system = Fresh::start(
+        who,
+        flavor,
+        transport,
+        Services::Rooms,
+        &args.common.go_baseline,
+    )
+    .await?;
     let pid = system.gateway_pid;
     let mut swarm = Swarm::start(
         &system.address,

@@ -507,11 +507,12 @@ impl Fresh {
         who: Who,
         flavor: RuntimeFlavor,
         transport: Transport,
+        services: Services,
         go_dir: &Path,
     ) -> anyhow::Result<Self> {
         let stack = match who {
-            Who::Switchyard => Stack::switchyard(flavor, Services::Rooms).await?,
-            Who::Go => Stack::go(go_dir, Services::Rooms)
+            Who::Switchyard => Stack::switchyard(flavor, services).await?,
+            Who::Go => Stack::go(go_dir, services)
                 .await?
                 .context("no Go baseline")?,
             Who::Floor => {

@@ -4,9 +4,11 @@
 //! generator processes (the hidden `swarm` subcommand), each connecting from its own source
 //! address (`127.0.0.2`, `127.0.0.3`, …) so no address runs out of ephemeral ports. The parent
 //! tells them when to connect (`CONNECT`) and to let go (`CLOSE`) over stdin; each answers with
-//! one JSON line.
+//! one JSON line. Failed logins are counted by what failed: the gateway's error code, or the
+//! client's own error.
 
 use std::{
+    collections::BTreeMap,
     net::{IpAddr, Ipv4Addr},
     sync::Arc,
     time::{Duration, Instant},
@@ -24,7 +26,7 @@ use crate::{
     child::ChildProcess,
     procfs::CpuMeter,
     report::{COMPARED, Figure, Report, Who, of_flavor, text},
-    stack::{Fresh, Transport, client_config, login, turn_order},
+    stack::{Fresh, LOGIN, Services, Transport, client_config, login_payload, turn_order},
     stats::histogram,
 };
 
@@ -55,6 +57,38 @@ struct Connected {
     latencies_us: Vec<u64>,
     errors: u64,
     first_error: Option<String>,
+    /// Failures by what failed (see [`login`]).
+    #[serde(default)]
+    failures: BTreeMap<String, u64>,
+}
+
+/// Connects and logs in as `user`. A failure is named by what failed: the gateway's error code
+/// (`upstream_failed`, …) or the client's own error (`connect`, `timeout`, `closed`, `send`),
+/// with the details.
+async fn login(
+    address: &Address,
+    config: &client::ClientConfig,
+    user: &str,
+) -> Result<(Client, client::Events), (&'static str, String)> {
+    let (client, events) = Client::connect_with(address.clone(), config.clone())
+        .await
+        .map_err(|e| ("connect", e.to_string()))?;
+    match client.request(LOGIN, login_payload(user)).await {
+        Ok(response) if response.is_ok() => Ok((client, events)),
+        Ok(response) => Err((
+            wire::envelope::code_name(response.status),
+            format!("login of {user} refused: {response:?}"),
+        )),
+        Err(error) => {
+            let kind = match error {
+                client::ClientError::Connect { .. } => "connect",
+                client::ClientError::Closed => "closed",
+                client::ClientError::Timeout(_) => "timeout",
+                client::ClientError::Send(_) => "send",
+            };
+            Err((kind, format!("login of {user}: {error}")))
+        }
+    }
 }
 
 /// The hidden `swarm` subcommand: one generator process.
@@ -97,9 +131,10 @@ pub(crate) async fn serve(args: SwarmArgs) -> anyhow::Result<()> {
                             report.latencies_us.push(latency.as_micros() as u64);
                             clients.push(client);
                         }
-                        Err(error) => {
+                        Err((kind, error)) => {
                             report.errors += 1;
-                            report.first_error.get_or_insert_with(|| error.to_string());
+                            *report.failures.entry(kind.to_owned()).or_default() += 1;
+                            report.first_error.get_or_insert(error);
                         }
                     }
                 }
@@ -127,6 +162,8 @@ pub(crate) struct SwarmConnect {
     pub(crate) connected: u64,
     pub(crate) errors: u64,
     pub(crate) first_error: Option<String>,
+    /// Failures by what failed (the gateway's error code or the client's error).
+    pub(crate) failures: BTreeMap<String, u64>,
     pub(crate) elapsed: Duration,
     pub(crate) p50_us: f64,
     pub(crate) p99_us: f64,
@@ -178,6 +215,7 @@ impl Swarm {
             connected: 0,
             errors: 0,
             first_error: None,
+            failures: BTreeMap::new(),
             elapsed: Duration::ZERO,
             p50_us: 0.0,
             p99_us: 0.0,
@@ -191,6 +229,9 @@ impl Swarm {
             }
             result.connected += connected.latencies_us.len() as u64;
             result.errors += connected.errors;
+            for (kind, count) in connected.failures {
+                *result.failures.entry(kind).or_default() += count;
+            }
             if result.first_error.is_none() {
                 result.first_error = connected.first_error;
             }
@@ -227,6 +268,26 @@ pub(crate) struct StormArgs {
     /// Client transport.
     #[arg(long, value_enum, default_value_t = Transport::Ws)]
     transport: Transport,
+    /// The server answering the logins: a bare login server (`echo`, written with the SDK) or
+    /// the match server (`match`, logic-match, as in production).
+    #[arg(long, value_enum, default_value_t = LoginServer::Echo)]
+    login_server: LoginServer,
+}
+
+/// Which server answers the logins of a storm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum LoginServer {
+    Echo,
+    Match,
+}
+
+impl LoginServer {
+    fn services(self) -> Services {
+        match self {
+            LoginServer::Echo => Services::Rooms,
+            LoginServer::Match => Services::Matchmaking,
+        }
+    }
 }
 
 struct StormRun {
@@ -235,6 +296,7 @@ struct StormRun {
     p99_us: f64,
     cpu_us: f64,
     errors: u64,
+    failures: BTreeMap<String, u64>,
 }
 
 /// `s1-connect-storm`: `sessions` clients connect, upgrade and log in at once (fresh servers
@@ -259,11 +321,28 @@ pub(crate) async fn run_storm(args: StormArgs) -> anyhow::Result<()> {
         for &flavor in &args.common.server_flavor {
             for who in turn_order(&args.common.go_baseline, round) {
                 let run = storm_once(&args, flavor, who, round, &mut first_errors).await?;
+                if !run.failures.is_empty() {
+                    report.note(format!(
+                        "failed logins of {who:?} ({flavor}, round {}) by what failed: {}",
+                        round + 1,
+                        failures_text(&run.failures)
+                    ));
+                }
                 results.push((flavor, who, run));
             }
         }
         eprintln!("round {}/{} done", round + 1, args.common.rounds);
     }
+    let ours = results.iter().filter(|(_, who, _)| *who == Who::Switchyard);
+    let (storms, failed) = ours.fold((0, 0), |(n, f), (_, _, run)| (n + 1, f + run.errors));
+    report.target(
+        "every login of every storm succeeds (Switchyard)",
+        format!(
+            "{failed} of {} logins failed ({storms} storms)",
+            storms * args.sessions as u64
+        ),
+        failed == 0,
+    );
     let mut columns = vec!["server runtime", "figure"];
     columns.extend(COMPARED);
     let table = report.table(
@@ -285,7 +364,10 @@ pub(crate) async fn run_storm(args: StormArgs) -> anyhow::Result<()> {
     for &flavor in &args.common.server_flavor {
         table.compared_rows(&[text(flavor)], &of_flavor(&results, flavor), &figures);
     }
-    report.note("floor: a bare WebSocket (or TCP) echo server; its \"login\" is one echoed round trip. Go's runtime does not change with the Switchyard server runtime.");
+    report.note(format!("logins answered by {}. floor: a bare WebSocket (or TCP) echo server; its \"login\" is one echoed round trip. Go's runtime does not change with the Switchyard server runtime.", match args.login_server {
+        LoginServer::Echo => "a login server written with the SDK (Go: go-room)",
+        LoginServer::Match => "the match server, logic-match (Go: go-match)",
+    }));
     for error in first_errors {
         report.note(format!("first error: {error}"));
     }
@@ -299,7 +381,14 @@ async fn storm_once(
     round: usize,
     first_errors: &mut Vec<String>,
 ) -> anyhow::Result<StormRun> {
-    let system = Fresh::start(who, flavor, args.transport, &args.common.go_baseline).await?;
+    let system = Fresh::start(
+        who,
+        flavor,
+        args.transport,
+        args.login_server.services(),
+        &args.common.go_baseline,
+    )
+    .await?;
     let mut swarm = Swarm::start(
         &system.address,
         args.sessions,
@@ -319,5 +408,15 @@ async fn storm_once(
         p99_us: connected.p99_us,
         cpu_us: cpu_micros as f64 / connected.connected.max(1) as f64,
         errors: connected.errors,
+        failures: connected.failures,
     })
+}
+
+/// `upstream_failed 4557, timeout 3`.
+fn failures_text(failures: &BTreeMap<String, u64>) -> String {
+    failures
+        .iter()
+        .map(|(kind, count)| format!("{kind} {count}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

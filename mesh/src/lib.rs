@@ -10,6 +10,8 @@
 //! - [`mesh`](crate::Mesh): request/response, reliable and unreliable send-many, handlers.
 //! - `fanout`: one gRPC call to several nodes at once, every outcome reported.
 //! - `handler`: the handler registry. `pool`: one gRPC channel per peer.
+//! - [`http2`]: the HTTP/2 settings of every connection between nodes (server and channel).
+//! - `retry`: which failed calls a peer certainly did not process; sending those again.
 //! - `service`: the gRPC service peers call. `datagram`: unreliable messages over UDP.
 //! - `auth`: the cluster credential on calls and datagrams. [`metrics`]: metric names.
 //! - `fuzzing` (hidden): the private decoders, for the fuzz targets in `fuzzing/`.
@@ -23,12 +25,14 @@ mod fanout;
 #[doc(hidden)]
 pub mod fuzzing;
 mod handler;
+pub mod http2;
 pub mod membership;
 mod mesh;
 pub mod metrics;
 pub mod node;
 mod pool;
 mod record;
+mod retry;
 mod service;
 
 pub use auth::{AddCredential, BadSecret, CREDENTIAL_HEADER, CheckCredential, Credential};
@@ -42,4 +46,5 @@ pub use handler::MeshContext;
 pub use mesh::{Delivery, Mesh, MeshSettings, UnreliableReport, command};
 pub use node::{Load, NodeId, NodeInfo, NodeKind, NodeState};
 pub use pool::PeerChannel;
+pub use retry::{MAX_ATTEMPTS, retrying_unprocessed, unprocessed};
 pub use service::{MeshGrpcService, MeshService};

@@ -23,6 +23,7 @@ use crate::{
     metrics,
     node::NodeId,
     pool::{PeerChannel, PeerPool},
+    retry::retrying_unprocessed,
     service::{self, MeshGrpcService, MeshService},
 };
 
@@ -353,15 +354,21 @@ impl Mesh {
         let Some(addr) = inner.cluster.grpc_addr(node) else {
             return Err(MeshError::NodeUnknown(node.clone()));
         };
-        let mut client = inner.pool.client(node, addr);
-        let mut request = tonic::Request::new(MeshRequest {
+        let message = MeshRequest {
             command,
             from_node: inner.me.to_string(),
             payload,
-        });
-        request.set_timeout(timeout);
-        let reply = match tokio::time::timeout(timeout, client.call(request).instrument(span)).await
-        {
+        };
+        // A call the peer certainly did not process (refused by its GOAWAY, say) goes out
+        // again within the same timeout: it cannot run twice.
+        let result = retrying_unprocessed(timeout, |left| {
+            let mut request = tonic::Request::new(message.clone());
+            request.set_timeout(left);
+            let mut client = inner.pool.client(node, addr);
+            async move { client.call(request).await }.instrument(span.clone())
+        })
+        .await;
+        let reply = match result {
             Err(_) => {
                 return Err(MeshError::Timeout {
                     node: node.clone(),

@@ -12,6 +12,9 @@ pub const CALLS: &str = "switchyard_mesh_calls_total";
 pub const CALL_DURATION: &str = "switchyard_mesh_call_duration_seconds";
 /// Incoming mesh calls handled, by command and outcome (counter).
 pub const HANDLED: &str = "switchyard_mesh_handled_total";
+/// Outgoing gRPC calls to peers (mesh calls and others made through `retrying_unprocessed`)
+/// sent again because the peer certainly did not process them (counter).
+pub const RETRIES: &str = "switchyard_mesh_retries_total";
 /// Unreliable datagrams by direction and outcome (counter).
 pub const DATAGRAMS: &str = "switchyard_mesh_datagrams_total";
 /// Members this node dropped, by reason: `left` (it announced it), `silent` (its heartbeat
@@ -30,6 +33,10 @@ pub(crate) fn record_call(command: u32, outcome: &'static str, elapsed: Duration
     let command = command_label(command);
     metrics::counter!(CALLS, "command" => command.clone(), "outcome" => outcome).increment(1);
     metrics::histogram!(CALL_DURATION, "command" => command).record(elapsed.as_secs_f64());
+}
+
+pub(crate) fn record_retry() {
+    metrics::counter!(RETRIES).increment(1);
 }
 
 pub(crate) fn record_handled(command: u32, outcome: &'static str) {

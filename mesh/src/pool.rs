@@ -10,14 +10,12 @@ use std::{
 use proto::mesh::v1::mesh_client::MeshClient;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tonic::{
-    service::interceptor::InterceptedService,
-    transport::{Channel, Endpoint},
-};
+use tonic::{service::interceptor::InterceptedService, transport::Channel};
 use tracing::debug;
 
 use crate::{
     auth::{AddCredential, Credential},
+    http2,
     membership::Members,
     node::NodeId,
 };
@@ -71,13 +69,7 @@ impl PeerPool {
     }
 
     fn connect(&self, addr: SocketAddr) -> Channel {
-        Endpoint::from_shared(format!("http://{addr}"))
-            .expect("a socket address is a valid URI authority")
-            .connect_timeout(self.connect_timeout)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .connect_lazy()
+        http2::endpoint(format!("http://{addr}"), self.connect_timeout).connect_lazy()
     }
 
     /// Drops channels of nodes that are no longer members.

@@ -274,7 +274,9 @@ impl Node {
         // stream of our own listener.
         let incoming = TcpIncoming::from(grpc).with_nodelay(Some(true));
         self.tracker.spawn(async move {
-            let served = tonic::transport::Server::builder()
+            // Windows and stream limits shared with the peer channels: a burst of calls from
+            // a peer is queued by the caller, never taken for a flood (see `mesh::http2`).
+            let served = mesh::http2::server()
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
                 .await;

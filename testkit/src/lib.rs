@@ -4,6 +4,8 @@
 //! - [`eventually`]: wait, bounded, for eventual cluster state (never a bare sleep).
 //! - [`http_get`]: a tiny HTTP/1.1 GET for admin endpoints.
 //! - [`read_ready_file`]: the `key=value` lines a node writes once it serves (`--ready-file`).
+//! - [`queued_bytes`]: bytes waiting on the loopback connections to a server (a paused server's
+//!   backlog).
 
 use std::{
     collections::HashMap,
@@ -68,4 +70,34 @@ pub async fn read_ready_file(path: &Path, limit: Duration) -> HashMap<String, St
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Bytes waiting on the TCP connections to `server` on this host: unread at the server plus
+/// unsent at its clients (`/proc/net/tcp`: `rx_queue` of sockets on the server's port, `tx_queue`
+/// of sockets to it). What a paused server has yet to read; 0 where `/proc` is not there.
+pub fn queued_bytes(server: SocketAddr) -> u64 {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return 0;
+    };
+    let port = format!(":{:04X}", server.port());
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (local, remote, queues) = (fields.get(1)?, fields.get(2)?, fields.get(4)?);
+            let (tx, rx) = queues.split_once(':')?;
+            let (tx, rx) = (
+                u64::from_str_radix(tx, 16).ok()?,
+                u64::from_str_radix(rx, 16).ok()?,
+            );
+            if local.ends_with(&port) {
+                Some(rx)
+            } else if remote.ends_with(&port) {
+                Some(tx)
+            } else {
+                None
+            }
+        })
+        .sum()
 }
