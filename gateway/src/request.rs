@@ -192,10 +192,15 @@ impl Gateway {
         };
         let counter = self.router.counter(node);
         counter.fetch_add(1, Ordering::Relaxed);
-        let timeout = self.limits.request_timeout;
-        let mut call = tonic::Request::new(request);
-        call.set_timeout(timeout);
-        let result = tokio::time::timeout(timeout, LogicClient::new(channel).handle(call)).await;
+        // One deadline for every attempt; a call the node certainly did not process (turned
+        // away by a GOAWAY, refused, never sent) is sent again within it.
+        let result = mesh::retrying_unprocessed(self.limits.request_timeout, |left| {
+            let mut call = tonic::Request::new(request.clone());
+            call.set_timeout(left);
+            let mut client = LogicClient::new(channel.clone());
+            async move { client.handle(call).await }
+        })
+        .await;
         counter.fetch_sub(1, Ordering::Relaxed);
         match result {
             Err(_) => Err(Upstream::Timeout),

@@ -177,9 +177,7 @@ impl Sdk {
         payload: impl Into<Bytes>,
     ) -> usize {
         let payload = payload.into();
-        let Ok(gateways) = self.gateways() else {
-            return 0;
-        };
+        let gateways = self.gateways().unwrap_or_default();
         let mut dropped = 0;
         for (gateway, user_ids) in group_by_gateway(recipients, &gateways) {
             let request = pb::PushRequest {
@@ -258,7 +256,11 @@ impl Sdk {
         payload: impl Into<Bytes>,
     ) -> Result<GatewayReport, SdkError> {
         let recipients: Vec<Recipient> = recipients.into_iter().collect();
-        let targets = push_targets(&recipients, self.gateways()?);
+        let named: Vec<&NodeId> = recipients
+            .iter()
+            .filter_map(|r| r.gateway.as_ref())
+            .collect();
+        let targets = push_targets(&recipients, self.gateways_knowing(&named).await?);
         let user_ids: Vec<String> = recipients.into_iter().map(|r| r.user_id).collect();
         let request = pb::PushRequest {
             user_ids: user_ids.clone(),
@@ -327,10 +329,14 @@ impl Sdk {
         };
         let answers = self
             .mesh
-            .fan_out(self.gateways()?, self.gateway_timeout, |channel| {
-                let request = request.clone();
-                async move { GatewayClient::new(channel).presence(request).await }
-            })
+            .fan_out(
+                self.gateways_knowing(&[]).await?,
+                self.gateway_timeout,
+                |channel| {
+                    let request = request.clone();
+                    async move { GatewayClient::new(channel).presence(request).await }
+                },
+            )
             .await;
         let mut found = BTreeMap::new();
         // A gateway that did not answer holds nobody we can see.
@@ -404,6 +410,28 @@ impl Sdk {
         Ok(gateways)
     }
 
+    /// The gateways, once at least one is known and every gateway in `named` is: a gateway that
+    /// just joined may already send requests here before gossip has shown it to this node (a
+    /// node becomes a member once its heartbeat is seen to advance). Waits at most
+    /// [`JOIN_WAIT`], then answers with what is known.
+    async fn gateways_knowing(&self, named: &[&NodeId]) -> Result<Vec<NodeId>, SdkError> {
+        let mut members = self.cluster().watch_members();
+        let deadline = tokio::time::Instant::now() + JOIN_WAIT;
+        loop {
+            let known = {
+                let members = members.borrow_and_update();
+                named.iter().all(|id| members.contains_key(*id))
+            };
+            if known && let Ok(gateways) = self.gateways() {
+                return Ok(gateways);
+            }
+            match tokio::time::timeout_at(deadline, members.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return self.gateways(),
+            }
+        }
+    }
+
     /// Calls every gateway with `call` and reports each user's outcome.
     async fn everywhere<F, Fut>(
         &self,
@@ -416,9 +444,11 @@ impl Sdk {
     {
         let answers = self
             .mesh
-            .fan_out(self.gateways()?, self.gateway_timeout, |channel| {
-                call(GatewayClient::new(channel))
-            })
+            .fan_out(
+                self.gateways_knowing(&[]).await?,
+                self.gateway_timeout,
+                |channel| call(GatewayClient::new(channel)),
+            )
             .await;
         Ok(merge(user_ids.to_vec(), answers))
     }
@@ -445,7 +475,9 @@ fn group_by_gateway(
     let mut per_gateway: BTreeMap<NodeId, Vec<String>> = BTreeMap::new();
     for recipient in recipients {
         match recipient.gateway {
-            Some(gateway) if gateways.contains(&gateway) => {
+            // A named gateway gets the push even before it is a member here: its pipeline
+            // waits for it to appear (it sent the request that made this push).
+            Some(gateway) => {
                 per_gateway
                     .entry(gateway)
                     .or_default()
@@ -464,6 +496,9 @@ fn group_by_gateway(
     per_gateway
 }
 
+/// Longest an SDK call waits for a gateway it is asked to reach to become a member.
+const JOIN_WAIT: Duration = Duration::from_secs(2);
+
 /// Most pushes sent to a gateway in one batch.
 const BATCH: usize = 512;
 
@@ -476,8 +511,10 @@ const BATCH_BYTES: usize = 1024 * 1024;
 async fn drain_pipeline(sdk: Sdk, gateway: NodeId, mut queue: mpsc::Receiver<Queued>) {
     let mut queued = Vec::with_capacity(BATCH);
     while queue.recv_many(&mut queued, BATCH).await > 0 {
-        if sdk.cluster().node(&gateway).is_none() {
-            debug!(%gateway, "gateway left; dropping its push queue");
+        if sdk.gateways_knowing(&[&gateway]).await.is_err()
+            || sdk.cluster().node(&gateway).is_none()
+        {
+            debug!(%gateway, "gateway gone (or never seen); dropping its push queue");
             break;
         }
         let mut pushes = Vec::new();

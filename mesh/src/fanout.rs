@@ -35,18 +35,26 @@ impl Mesh {
     {
         let calls = nodes.into_iter().map(|node| {
             let channel = self.peer_channel(&node);
-            let call = channel.map(&call);
+            let call = &call;
             async move {
-                let result = match call {
+                let result = match channel {
                     Err(error) => Err(error),
-                    Ok(pending) => match tokio::time::timeout(timeout, pending).await {
-                        Err(_) => Err(MeshError::Timeout {
-                            node: node.clone(),
-                            after: timeout,
-                        }),
-                        Ok(Err(status)) => Err(crate::mesh::status_error(&node, timeout, &status)),
-                        Ok(Ok(reply)) => Ok(reply.into_inner()),
-                    },
+                    // A call the node certainly did not process is sent again, within the
+                    // same timeout.
+                    Ok(channel) => {
+                        match crate::retry::retrying_unprocessed(timeout, |_| call(channel.clone()))
+                            .await
+                        {
+                            Err(_) => Err(MeshError::Timeout {
+                                node: node.clone(),
+                                after: timeout,
+                            }),
+                            Ok(Err(status)) => {
+                                Err(crate::mesh::status_error(&node, timeout, &status))
+                            }
+                            Ok(Ok(reply)) => Ok(reply.into_inner()),
+                        }
+                    }
                 };
                 Answer { node, result }
             }

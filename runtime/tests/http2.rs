@@ -81,12 +81,12 @@ impl Starved {
 
     /// Pauses the callee (SIGSTOP), as a process starved of CPU is paused.
     fn pause(&self) {
-        signal(&self.callee, "STOP");
+        testkit::stop(self.callee.child.id());
     }
 
     /// Lets the callee run again (SIGCONT).
     fn resume(&self) {
-        signal(&self.callee, "CONT");
+        testkit::signal(self.callee.child.id(), testkit::Signal::SIGCONT);
     }
 
     /// `count` concurrent pings to the callee, each allowed `timeout`.
@@ -371,12 +371,4 @@ async fn a_call_the_peer_had_taken_when_its_connection_broke_is_not_sent_again()
     );
     assert_eq!(peer.handled(), 0, "nothing reached the handler");
     assert_eq!(peer.connections(), 1, "the call was not sent again");
-}
-
-/// Sends `kill -s name` to a node process.
-fn signal(node: &NodeProcess, name: &str) {
-    let status = std::process::Command::new("kill")
-        .args(["-s", name, &node.child.id().to_string()])
-        .status();
-    assert!(status.is_ok_and(|s| s.success()), "kill -s {name} failed");
 }

@@ -84,11 +84,11 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     for (name, child) in &mut children {
         if let Some(pid) = child.id() {
             // SIGTERM: each service drains and leaves the cluster.
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
+            let pid = nix::unistd::Pid::from_raw(pid as i32);
+            if let Err(error) = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM) {
+                println!("{name}: could not send SIGTERM: {error}");
+            }
         }
-        let _ = name;
     }
     for (name, mut child) in children {
         match tokio::time::timeout(std::time::Duration::from_secs(15), child.wait()).await {

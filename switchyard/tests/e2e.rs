@@ -237,7 +237,7 @@ async fn a_room_server_that_does_not_answer_the_load_request_is_skipped() {
     );
     wait_for_members(&gateway, &["gw", "room-busy", "room-frozen", "match"]).await;
     // Frozen, the emptier server still looks like a member but answers nothing.
-    frozen.signal("STOP");
+    frozen.stop();
     let mut a = Player::login(client_address(&gateway, true), "fa").await;
     let mut b = Player::login(client_address(&gateway, true), "fb").await;
     a.enqueue("duel").await;
@@ -248,7 +248,7 @@ async fn a_room_server_that_does_not_answer_the_load_request_is_skipped() {
         "the silent server was skipped"
     );
     assert_eq!(b.matched().await.room_id, found.room_id);
-    frozen.signal("CONT");
+    frozen.signal(Signal::SIGCONT);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -324,7 +324,7 @@ async fn a_room_server_that_shuts_down_closes_its_rooms_with_a_reason_and_unbind
     let room_id = a.matched().await.room_id;
     b.matched().await;
 
-    room_server.signal("TERM");
+    room_server.signal(Signal::SIGTERM);
     for player in [&mut a, &mut b] {
         let closed = room::RoomClosed::decode(player.push(room_routes::PUSH_ROOM_CLOSED).await)
             .expect("decodes");
@@ -364,7 +364,7 @@ async fn a_match_server_that_shuts_down_tells_every_queued_player() {
     wait_for_members(&gateway, &["gw", "room", "match"]).await;
     let mut waiting = Player::login(client_address(&gateway, true), "waiting").await;
     waiting.enqueue("trio").await;
-    matcher.signal("TERM");
+    matcher.signal(Signal::SIGTERM);
     let cancelled =
         mm::QueueCancelled::decode(waiting.push(match_routes::PUSH_QUEUE_CANCELLED).await)
             .expect("decodes");

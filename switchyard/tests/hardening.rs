@@ -70,12 +70,12 @@ async fn a_paused_room_server_is_slow_not_gone_and_its_players_keep_their_room()
     assert_eq!(player.op(room_id, "before").await, 1);
 
     // Paused for 450 ms against a 300 ms request timeout: a timeout, nothing else.
-    room_server.signal("STOP");
+    room_server.stop();
     let paused = Instant::now();
     let response = player.try_op(room_id, "while paused").await;
     let waited = paused.elapsed();
     tokio::time::sleep(Duration::from_millis(450).saturating_sub(paused.elapsed())).await;
-    room_server.signal("CONT");
+    room_server.signal(Signal::SIGCONT);
     assert_eq!(
         response.code(),
         Some(ErrorCode::UpstreamTimeout),
@@ -85,9 +85,9 @@ async fn a_paused_room_server_is_slow_not_gone_and_its_players_keep_their_room()
     everyone_still_plays(&players, "after a short pause").await;
 
     // Paused for 80% of the failure detection time: still not gone.
-    room_server.signal("STOP");
+    room_server.stop();
     tokio::time::sleep(Duration::from_millis(1600)).await;
-    room_server.signal("CONT");
+    room_server.signal(Signal::SIGCONT);
     everyone_still_plays(&players, "after a long pause").await;
 }
 
@@ -127,9 +127,9 @@ async fn fifty_players_keep_their_rooms_while_the_room_server_or_the_gateway_is_
 async fn starve(service: &Service, stopped: Duration, running: Duration, total: Duration) {
     let end = Instant::now() + total;
     while Instant::now() < end {
-        service.signal("STOP");
+        service.stop();
         tokio::time::sleep(stopped).await;
-        service.signal("CONT");
+        service.signal(Signal::SIGCONT);
         tokio::time::sleep(running).await;
     }
 }

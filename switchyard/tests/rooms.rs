@@ -131,7 +131,7 @@ async fn members_of_a_draining_room_server_are_unbound_before_their_rooms_close(
     let _staying = sandbox.start("logic-room", "room-2", &[]);
     wait_for_members(&gateway, &["room-2"]).await;
 
-    leaving.signal("TERM");
+    leaving.signal(Signal::SIGTERM);
     // Each player asks for a new room the moment it learns its room closed.
     let mut tasks = JoinSet::new();
     for mut player in players {
@@ -178,7 +178,7 @@ async fn players_whose_match_waits_for_a_room_server_are_told_when_the_match_ser
     // No room server: the match is formed but waits, being retried.
     a.push(match_routes::PUSH_MATCH_DELAYED).await;
 
-    matcher.signal("TERM");
+    matcher.signal(Signal::SIGTERM);
     for player in [&mut a, &mut b] {
         let cancelled =
             mm::QueueCancelled::decode(player.push(match_routes::PUSH_QUEUE_CANCELLED).await)

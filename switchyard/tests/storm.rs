@@ -81,11 +81,8 @@ impl Service {
         self.ready[key].parse().expect("address in the ready file")
     }
 
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args(["-s", name, &self.child.id().to_string()])
-            .status();
-        assert!(status.is_ok_and(|s| s.success()), "kill -s {name} failed");
+    fn signal(&self, signal: testkit::Signal) {
+        testkit::signal(self.child.id(), signal);
     }
 }
 
@@ -214,7 +211,7 @@ async fn a_login_storm_at_a_starved_match_server_loses_no_login() {
     let stack = Stack::start().await;
     let players = stack.players(LOGINS).await;
 
-    stack.matcher.signal("STOP");
+    testkit::stop(stack.matcher.child.id());
     let logins = players.iter().enumerate().map(|(i, (client, _))| {
         let client = client.clone();
         async move {
@@ -230,7 +227,7 @@ async fn a_login_storm_at_a_starved_match_server_loses_no_login() {
         || testkit::queued_bytes(stack.matcher.addr("grpc")) >= PILED_UP * MIN_LOGIN_BYTES,
     )
     .await;
-    stack.matcher.signal("CONT");
+    stack.matcher.signal(testkit::Signal::SIGCONT);
 
     let mut failed: BTreeMap<String, usize> = BTreeMap::new();
     for outcome in storm.await.expect("storm") {

@@ -4,6 +4,7 @@
 //! - [`eventually`]: wait, bounded, for eventual cluster state (never a bare sleep).
 //! - [`http_get`]: a tiny HTTP/1.1 GET for admin endpoints.
 //! - [`read_ready_file`]: the `key=value` lines a node writes once it serves (`--ready-file`).
+//! - [`signal`], [`stop`]: send a signal to a process; pause one and wait until it is paused.
 //! - [`queued_bytes`]: bytes waiting on the loopback connections to a server (a paused server's
 //!   backlog).
 
@@ -100,4 +101,47 @@ pub fn queued_bytes(server: SocketAddr) -> u64 {
             }
         })
         .sum()
+}
+
+pub use nix::sys::signal::Signal;
+
+/// Sends `signal` to process `pid` (a direct `kill(2)`, not a `kill` command: no process to
+/// spawn, nothing to fail silently under load). Panics if the signal could not be sent.
+pub fn signal(pid: u32, signal: Signal) {
+    let target = nix::unistd::Pid::from_raw(pid as i32);
+    if let Err(error) = nix::sys::signal::kill(target, signal) {
+        panic!("sending {signal} to process {pid} failed: {error}");
+    }
+}
+
+/// Pauses process `pid` (SIGSTOP) and returns once every one of its threads has stopped: the
+/// signal is asynchronous, and a thread running at that moment may otherwise still handle a
+/// request sent right after `kill(2)` returned. Panics if that takes more than 5 s.
+pub fn stop(pid: u32) {
+    signal(pid, Signal::SIGSTOP);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !all_threads_stopped(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "process {pid} did not stop within 5 s"
+        );
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// True when every thread of `pid` is stopped (state `T` in `/proc/PID/task/*/stat`).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat"))
+            .ok()
+            .and_then(|stat| {
+                // The state follows the command name, which is in parentheses.
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().next().map(str::to_owned))
+            })
+            .is_some_and(|state| state == "T" || state == "t")
+    })
 }

@@ -132,14 +132,14 @@ impl NodeProcess {
     }
 
     pub fn terminate(&mut self) {
-        signal(self.child.id(), "TERM");
+        testkit::signal(self.child.id(), testkit::Signal::SIGTERM);
     }
 
     /// Stops the process (SIGSTOP) for `pause`, then lets it go on (SIGCONT).
     pub async fn pause_for(&self, pause: Duration) {
-        signal(self.child.id(), "STOP");
+        testkit::stop(self.child.id());
         tokio::time::sleep(pause).await;
-        signal(self.child.id(), "CONT");
+        testkit::signal(self.child.id(), testkit::Signal::SIGCONT);
     }
 
     /// Starves the process of CPU for `total`: it is stopped for `stopped`, then runs for
@@ -319,16 +319,6 @@ impl Drop for NodeProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn signal(pid: u32, name: &str) {
-    let status = Command::new("kill")
-        .args(["-s", name, &pid.to_string()])
-        .status();
-    assert!(
-        status.is_ok_and(|s| s.success()),
-        "kill -s {name} {pid} failed"
-    );
 }
 
 struct TempDir(PathBuf);

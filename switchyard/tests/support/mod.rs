@@ -19,6 +19,7 @@ use proto::{
     room::v1::{self as room, routes as room_routes},
 };
 
+pub use testkit::Signal;
 pub use testkit::eventually;
 
 static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -38,10 +39,13 @@ impl Drop for Service {
 }
 
 impl Service {
-    pub fn signal(&self, name: &str) {
-        let _ = Command::new("kill")
-            .args(["-s", name, &self.child.id().to_string()])
-            .status();
+    pub fn signal(&self, signal: Signal) {
+        testkit::signal(self.child.id(), signal);
+    }
+
+    /// Pauses the process (SIGSTOP) and returns once all its threads have stopped.
+    pub fn stop(&self) {
+        testkit::stop(self.child.id());
     }
 
     /// The member list this service sees (its `/cluster/nodes`).
