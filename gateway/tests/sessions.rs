@@ -115,23 +115,7 @@ async fn a_client_that_stops_reading_is_dropped_while_others_keep_flowing() {
     let logic = start_logic(pushing_routes(), "l1", &[gateway.gossip]).await;
     gateway.wait_for_nodes("room", 1).await;
     // The stuck client: a raw socket with a small receive buffer that logs in, then never reads.
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(4096).expect("rcvbuf");
-    let mut stuck = socket.connect(gateway.tcp).await.expect("connect");
-    let login_frame = wire::envelope::encode(&wire::envelope::request(
-        1,
-        LOGIN,
-        Bytes::from_static(b"stuck"),
-    ));
-    let mut framed = (login_frame.len() as u32).to_be_bytes().to_vec();
-    framed.extend_from_slice(&login_frame);
-    tokio::io::AsyncWriteExt::write_all(&mut stuck, &framed)
-        .await
-        .expect("login");
-    let mut answer = [0u8; 256];
-    let _ = tokio::io::AsyncReadExt::read(&mut stuck, &mut answer)
-        .await
-        .expect("login answer");
+    let (_stuck, _) = raw_logged_in(gateway.tcp, "stuck").await;
     let (busy, _busy_events) = login(gateway.ws_address(), "busy").await;
 
     let flood = {

@@ -104,32 +104,9 @@ async fn fifty_players_keep_their_rooms_while_the_room_server_or_the_gateway_is_
     // Starved of CPU: running 40 ms in every 100, then 100 ms in every 600 (stopped 500 ms at
     // a time), as a process on an overloaded machine is.
     for service in [&room_server, &gateway] {
-        starve(
-            service,
-            Duration::from_millis(60),
-            Duration::from_millis(40),
-            Duration::from_secs(2),
-        )
-        .await;
-        starve(
-            service,
-            Duration::from_millis(500),
-            Duration::from_millis(100),
-            Duration::from_secs(3),
-        )
-        .await;
+        let ms = Duration::from_millis;
+        testkit::starve(service.child.id(), ms(60), ms(40), ms(2000)).await;
+        testkit::starve(service.child.id(), ms(500), ms(100), ms(3000)).await;
         everyone_still_plays(&players, "starvation").await;
-    }
-}
-
-/// Stops the process for `stopped`, lets it run for `running`, over and over for `total`;
-/// ends with it running.
-async fn starve(service: &Service, stopped: Duration, running: Duration, total: Duration) {
-    let end = Instant::now() + total;
-    while Instant::now() < end {
-        service.stop();
-        tokio::time::sleep(stopped).await;
-        service.signal(Signal::SIGCONT);
-        tokio::time::sleep(running).await;
     }
 }

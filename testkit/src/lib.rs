@@ -4,7 +4,8 @@
 //! - [`eventually`]: wait, bounded, for eventual cluster state (never a bare sleep).
 //! - [`http_get`]: a tiny HTTP/1.1 GET for admin endpoints.
 //! - [`read_ready_file`]: the `key=value` lines a node writes once it serves (`--ready-file`).
-//! - [`signal`], [`stop`]: send a signal to a process; pause one and wait until it is paused.
+//! - [`signal`], [`stop`], [`pause_for`], [`starve`]: signals to a process: pause it (and wait
+//!   until it is paused), for a while, or over and over as a process starved of CPU is.
 //! - [`queued_bytes`]: bytes waiting on the loopback connections to a server (a paused server's
 //!   backlog).
 
@@ -144,4 +145,21 @@ fn all_threads_stopped(pid: u32) -> bool {
             })
             .is_some_and(|state| state == "T" || state == "t")
     })
+}
+
+/// Pauses process `pid` for `pause` (SIGSTOP, then SIGCONT).
+pub async fn pause_for(pid: u32, pause: Duration) {
+    stop(pid);
+    tokio::time::sleep(pause).await;
+    signal(pid, Signal::SIGCONT);
+}
+
+/// Starves process `pid` of CPU for `total`: stopped for `stopped`, then running for `running`,
+/// over and over, as a process on an overloaded machine is. Ends with the process running.
+pub async fn starve(pid: u32, stopped: Duration, running: Duration, total: Duration) {
+    let end = Instant::now() + total;
+    while Instant::now() < end {
+        pause_for(pid, stopped).await;
+        tokio::time::sleep(running).await;
+    }
 }

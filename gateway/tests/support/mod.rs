@@ -267,3 +267,24 @@ pub fn text(response: &Response) -> String {
 pub fn gateway_kind() -> &'static str {
     NodeKind::GATEWAY
 }
+
+/// A raw TCP client with a small receive buffer, logged in as `user` (its login answer read):
+/// the client that stops reading in slow-consumer tests. Returns the socket and what it read.
+pub async fn raw_logged_in(addr: SocketAddr, user: &str) -> (tokio::net::TcpStream, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    let mut stream = socket.connect(addr).await.expect("connect");
+    let login = wire::envelope::encode(&wire::envelope::request(
+        1,
+        LOGIN,
+        Bytes::from(user.to_owned()),
+    ));
+    let mut framed = (login.len() as u32).to_be_bytes().to_vec();
+    framed.extend_from_slice(&login);
+    stream.write_all(&framed).await.expect("login");
+    let mut answer = vec![0u8; 4096];
+    let n = stream.read(&mut answer).await.expect("login answer");
+    answer.truncate(n);
+    (stream, answer)
+}

@@ -137,19 +137,13 @@ impl NodeProcess {
 
     /// Stops the process (SIGSTOP) for `pause`, then lets it go on (SIGCONT).
     pub async fn pause_for(&self, pause: Duration) {
-        testkit::stop(self.child.id());
-        tokio::time::sleep(pause).await;
-        testkit::signal(self.child.id(), testkit::Signal::SIGCONT);
+        testkit::pause_for(self.child.id(), pause).await;
     }
 
     /// Starves the process of CPU for `total`: it is stopped for `stopped`, then runs for
     /// `running`, over and over (SIGSTOP/SIGCONT). Ends with the process running.
     pub async fn starve(&self, stopped: Duration, running: Duration, total: Duration) {
-        let end = Instant::now() + total;
-        while Instant::now() < end {
-            self.pause_for(stopped).await;
-            tokio::time::sleep(running).await;
-        }
+        testkit::starve(self.child.id(), stopped, running, total).await;
     }
 
     /// How many members this process dropped for `reason` (`silent`, `left`), by its metrics.

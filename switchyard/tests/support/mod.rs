@@ -29,6 +29,7 @@ pub struct Service {
     pub child: Child,
     pub admin: SocketAddr,
     pub gossip: SocketAddr,
+    pub grpc: SocketAddr,
 }
 
 impl Drop for Service {
@@ -126,6 +127,7 @@ impl Sandbox {
             child,
             admin: kv["admin"].parse().expect("admin"),
             gossip: kv["gossip"].parse().expect("gossip"),
+            grpc: kv["grpc"].parse().expect("grpc"),
         };
         if self.seed.is_none() {
             self.seed = Some(service.gossip);
