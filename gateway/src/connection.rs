@@ -200,21 +200,7 @@ async fn dispatch(gateway: &Arc<Gateway>, session: &Arc<Session>, request: Envel
         _ = session.stop.cancelled() => return,
     };
     let Ok(permit) = permit else { return };
-    let (gateway, session) = (gateway.clone(), session.clone());
-    let span = tracing::debug_span!(parent: &session.span, "request", msg_id, route);
-    gateway.tracker.clone().spawn(
-        async move {
-            let handled = gateway.handle_request(&session, request).await;
-            // Free the id before the client can see the response and reuse it.
-            session.end_request(msg_id);
-            session.send(&handled.response);
-            if let Some(refusal) = handled.then_kick {
-                session.kick(refusal.code(), refusal.text());
-            }
-            drop(permit);
-        }
-        .instrument(span),
-    );
+    gateway.start_request(session, request, permit);
 }
 
 /// Writes the session's queue to the socket, batching what is queued between flushes.

@@ -32,23 +32,16 @@ pub(crate) const MAX_USER_ID_BYTES: usize = 256;
 const LOGIN_KICK_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Gateway {
-    /// Applies what a successful logic response asks of the session.
-    pub(crate) async fn apply_effects(
+    /// Applies what a successful logic response asks of the session besides a login ("me"
+    /// bindings, attributes, watch), in one critical section.
+    pub(crate) fn apply_effects(
         &self,
-        session: &Arc<Session>,
+        session: &Session,
         node: &NodeId,
-        public: bool,
         reply: &LogicResponse,
     ) -> Result<(), Refusal> {
         if reply.status != 0 {
             return Ok(());
-        }
-        if !reply.login_user_id.is_empty() {
-            if public {
-                self.login(session, &reply.login_user_id).await?;
-            } else {
-                warn!(session = session.id, %node, "ignoring a login from a route that is not public");
-            }
         }
         let mut effects = Effects::default();
         if let Some(change) = &reply.bind_me {
@@ -97,7 +90,7 @@ impl Gateway {
     /// Attaches a user to a session. An older session of the same user is kicked, here or on
     /// any other gateway, before the login response goes out; if another gateway holds a newer
     /// one, this login loses (`LOGGED_IN_ELSEWHERE`) and this session is kicked instead.
-    async fn login(&self, session: &Arc<Session>, user: &str) -> Result<(), Refusal> {
+    pub(crate) async fn login(&self, session: &Arc<Session>, user: &str) -> Result<(), Refusal> {
         if user.len() > MAX_USER_ID_BYTES {
             warn!(
                 session = session.id,

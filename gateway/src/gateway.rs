@@ -6,13 +6,13 @@ use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use mesh::{Mesh, NodeId, NodeKind};
-use proto::logic::v1::{SessionEnded, logic_client::LogicClient};
-use tokio_util::task::TaskTracker;
-use tracing::debug;
+use proto::logic::v1::SessionEnded;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
+    link::Links,
     router::Router,
-    session::{Pushed, Session, SessionLimits},
+    session::{Session, SessionLimits},
     sessions::Sessions,
 };
 
@@ -54,8 +54,12 @@ pub(crate) struct Gateway {
     pub(crate) sessions: Sessions,
     pub(crate) router: Router,
     pub(crate) limits: Limits,
-    /// Connection tasks and session-closed notifications.
+    /// Connection tasks, link tasks, logins.
     pub(crate) tracker: TaskTracker,
+    /// Cancelled when the gateway stops (after its drain): link tasks end.
+    pub(crate) stopping: CancellationToken,
+    /// The links to logic nodes.
+    pub(crate) links: Links,
     pub(crate) metrics: HotMetrics,
 }
 
@@ -71,6 +75,8 @@ impl Gateway {
             router: Router::default(),
             limits,
             tracker: TaskTracker::new(),
+            stopping: CancellationToken::new(),
+            links: Links::default(),
             metrics: HotMetrics::new(),
         })
     }
@@ -93,8 +99,9 @@ impl Gateway {
         self.mesh.cluster().peers_of_kind(NodeKind::GATEWAY)
     }
 
-    /// Tells bound and watching logic nodes that a session closed (in the background).
-    pub(crate) fn session_closed(&self, session: &Session) {
+    /// Tells bound and watching logic nodes that a session closed, each down its link after
+    /// the session's last calls to it.
+    pub(crate) fn session_closed(self: &Arc<Self>, session: &Session) {
         let (user, nodes) = {
             let state = session.state();
             let mut nodes: Vec<NodeId> = state.bindings.iter().map(|b| b.node.clone()).collect();
@@ -112,32 +119,9 @@ impl Gateway {
             gateway_node: self.node_id.to_string(),
             reason: session.end_reason(),
         };
-        let mesh = self.mesh.clone();
-        self.tracker.spawn(async move {
-            let answers = mesh
-                .fan_out(nodes, Duration::from_secs(2), |channel| {
-                    let closed = closed.clone();
-                    async move { LogicClient::new(channel).session_closed(closed).await }
-                })
-                .await;
-            for answer in answers {
-                if let Err(error) = answer.result {
-                    debug!(node = %answer.node, %error, "session-closed notice not delivered");
-                }
-            }
-        });
-    }
-
-    /// Pushes to one user if connected here.
-    pub(crate) fn push_one(&self, user: &str, route: u32, payload: &Bytes) -> Pushed {
-        let outcome = self
-            .sessions
-            .by_user(user)
-            .map_or(Pushed::Closed, |s| s.push(route, payload.clone()));
-        if outcome == Pushed::Queued {
-            self.metrics.pushes.increment(1);
+        for node in nodes {
+            self.send_closed(&node, closed.clone());
         }
-        outcome
     }
 
     /// True when a push of `payload` fits the client frame limit (the largest sequence

@@ -11,7 +11,8 @@
 //! - `session`: a session's state, pushes, kicks; `outbox`: its outbound queue (bounded in bytes
 //!   and age). `sessions`: the table, the user index and the login order.
 //! - `gateway`: the shared state. `request`: the request path (route, call the logic node, map
-//!   what happened to a code). `effects`: what a logic response asks (login, "me" bindings,
+//!   what happened to a code). `link`: one long-lived stream to each logic node, carrying calls
+//!   up and answers and pushes down. `effects`: what a logic response asks (login, "me" bindings,
 //!   attributes, watch). `drain`: going offline.
 //! - `router`: where a request goes (pure decision over route table, bindings and load).
 //! - `binding`: bind modes (pure). `refusal`: every answer the gateway gives by itself.
@@ -23,6 +24,7 @@ mod connection;
 mod drain;
 mod effects;
 mod gateway;
+mod link;
 pub mod metrics;
 mod outbox;
 mod refusal;
@@ -301,6 +303,7 @@ impl RunningGateway {
         .await;
         stop_accepting.cancel();
         accept_tasks.wait().await;
+        gateway.stopping.cancel();
         gateway.tracker.close();
         let _ = tokio::time::timeout(Duration::from_secs(3), gateway.tracker.wait()).await;
         Ok(())

@@ -1,5 +1,6 @@
-//! The request path: where a client request goes (`router::decide`), the call to that logic
-//! node, and the one mapping from what happened to the client-visible code:
+//! The request path: where a client request goes (`router::decide`), its call on the node's
+//! link (`link.rs`), and its answer, with the one mapping from what happened to the
+//! client-visible code:
 //!
 //! | what happened | code | binding |
 //! |---|---|---|
@@ -11,23 +12,27 @@
 //! A binding is dropped only when its node is confirmed gone (membership: it left, or it was
 //! silent for the whole failure-detection time), never on one failed call: a node that hiccups
 //! keeps its users.
+//!
+//! No task is spawned per request: the connection's reader starts it, the link's task finishes
+//! it (only a login, which asks the other gateways, finishes on a task of its own).
 
 use std::{
     collections::HashMap,
     sync::{Arc, atomic::Ordering},
 };
 
-use mesh::{MeshError, NodeId};
-use proto::logic::v1::{LogicRequest, LogicResponse, logic_client::LogicClient};
-use tokio::time::Instant;
+use mesh::NodeId;
+use proto::logic::v1::{self as pb, LogicRequest, LogicResponse};
+use tokio::{sync::OwnedSemaphorePermit, time::Instant};
 use tracing::{info, warn};
 use wire::{Envelope, envelope};
 
 use crate::{
     gateway::Gateway,
+    link::{Failure, Pending},
     refusal::Refusal,
     router::{self, Decision},
-    session::{Session, truncate},
+    session::{Pushed, Session, truncate},
 };
 
 /// Longest error text of a logic server's answer passed to a client.
@@ -36,48 +41,163 @@ const MAX_ERROR_TEXT: usize = 1024;
 /// Where a request goes, and what the logic node is told about the session.
 struct Target {
     node: NodeId,
+    /// Chosen by a binding.
+    bound: bool,
     /// The node serves the route as public (so a login in its reply counts).
     public: bool,
     user: Option<Arc<str>>,
     attributes: HashMap<String, String>,
 }
 
-/// Why a call to a logic node got no answer.
-#[derive(Debug)]
-enum Upstream {
-    /// No answer in time.
-    Timeout,
-    /// Refused, reset, or otherwise not reachable, while still a member.
-    Unreachable(String),
-    /// Not a member any more (it left between the decision and the call); nothing was sent.
-    Gone(LogicRequest),
-}
-
-/// The answer to one request, and whether the session ends after it.
-pub(crate) struct Handled {
-    pub(crate) response: Envelope,
-    /// The session lost a login race: kick it once the response is queued.
-    pub(crate) then_kick: Option<Refusal>,
-}
-
 impl Gateway {
-    /// Handles one request envelope: the response to send, and what follows it.
-    pub(crate) async fn handle_request(
-        &self,
+    /// Starts one request, whose in-flight slot is `permit`: answered at once when the gateway
+    /// refuses it, else handed to the node's link, which finishes it.
+    pub(crate) fn start_request(
+        self: &Arc<Self>,
         session: &Arc<Session>,
         request: Envelope,
-    ) -> Handled {
+        permit: OwnedSemaphorePermit,
+    ) {
         let started = Instant::now();
         let (msg_id, route) = (request.msg_id, request.route);
-        let mut then_kick = None;
-        let response = match self.route_request(session, request).await {
-            Ok(response) => response,
+        let target = match self.decide(session, route) {
+            Ok(target) => target,
             Err(refusal) => {
-                if refusal == Refusal::LoggedInElsewhere {
-                    then_kick = Some(refusal);
-                }
-                envelope::error(msg_id, route, refusal.code(), refusal.text())
+                return self.respond(session, msg_id, route, Err(refusal), permit, started);
             }
+        };
+        let call = LogicRequest {
+            route,
+            payload: request.payload,
+            session_id: session.id,
+            user_id: target.user.as_deref().unwrap_or_default().to_owned(),
+            gateway_node: self.node_id.to_string(),
+            attributes: target.attributes,
+        };
+        self.router
+            .counter(&target.node)
+            .fetch_add(1, Ordering::Relaxed);
+        let pending = Pending {
+            session: session.clone(),
+            msg_id,
+            route,
+            node: target.node.clone(),
+            public: target.public,
+            bound: target.bound,
+            permit,
+            started,
+            sent_on: None,
+        };
+        if let Err((failure, pending)) = self.call(&target.node, call, pending) {
+            self.finish(pending, Err(failure));
+        }
+    }
+
+    /// Finishes a request with what its node answered, or why it did not.
+    pub(crate) fn finish(
+        self: &Arc<Self>,
+        pending: Pending,
+        outcome: Result<LogicResponse, Failure>,
+    ) {
+        let node = pending.node.clone();
+        self.router.counter(&node).fetch_sub(1, Ordering::Relaxed);
+        let reply = match outcome {
+            Ok(reply) => reply,
+            Err(failure) => {
+                let refusal = match failure {
+                    Failure::Timeout => Refusal::UpstreamTimeout,
+                    Failure::Unreachable => {
+                        self.router.suspect(&node);
+                        warn!(session = pending.session.id, %node, "logic node unreachable");
+                        Refusal::UpstreamUnreachable
+                    }
+                    Failure::Gone if pending.bound => {
+                        info!(session = pending.session.id, %node, "dropping the binding to a node that is gone");
+                        pending.session.drop_bindings(std::slice::from_ref(&node));
+                        Refusal::BoundNodeGone
+                    }
+                    Failure::Gone => Refusal::UpstreamUnreachable,
+                };
+                return self.respond_pending(pending, Err(refusal));
+            }
+        };
+        self.router.answered(&node);
+        let logs_in = reply.status == 0 && !reply.login_user_id.is_empty() && pending.public;
+        if logs_in {
+            // A login asks the other gateways about older sessions of the user: off the link.
+            let gateway = self.clone();
+            self.tracker.spawn(async move {
+                let answer = match gateway.login(&pending.session, &reply.login_user_id).await {
+                    Ok(()) => gateway.answer(&pending, &node, reply),
+                    Err(refusal) => Err(refusal),
+                };
+                gateway.respond_pending(pending, answer);
+            });
+        } else {
+            if reply.status == 0 && !reply.login_user_id.is_empty() {
+                warn!(session = pending.session.id, %node, "ignoring a login from a route that is not public");
+            }
+            let answer = self.answer(&pending, &node, reply);
+            self.respond_pending(pending, answer);
+        }
+    }
+
+    /// Applies what an answer asks of the session (bindings, attributes, watch), and builds
+    /// the response.
+    fn answer(
+        &self,
+        pending: &Pending,
+        node: &NodeId,
+        reply: LogicResponse,
+    ) -> Result<Envelope, Refusal> {
+        let session = &pending.session;
+        self.apply_effects(session, node, &reply)?;
+        let error = match Refusal::text_for_code(reply.status) {
+            Some(fixed) => fixed.to_owned(),
+            None => truncate(&reply.error, MAX_ERROR_TEXT).to_owned(),
+        };
+        let response = envelope::response(
+            pending.msg_id,
+            pending.route,
+            reply.status,
+            error,
+            reply.payload,
+        );
+        if !session.fits(&response) {
+            warn!(session = session.id, %node, route = pending.route, "the logic server's answer exceeds the client frame limit");
+            return Err(Refusal::ResponseTooLarge);
+        }
+        Ok(response)
+    }
+
+    fn respond_pending(&self, pending: Pending, answer: Result<Envelope, Refusal>) {
+        let Pending {
+            session,
+            msg_id,
+            route,
+            permit,
+            started,
+            ..
+        } = pending;
+        self.respond(&session, msg_id, route, answer, permit, started);
+    }
+
+    /// Answers a request: frees its message id, queues the response, frees its slot.
+    fn respond(
+        &self,
+        session: &Session,
+        msg_id: u32,
+        route: u32,
+        answer: Result<Envelope, Refusal>,
+        permit: OwnedSemaphorePermit,
+        started: Instant,
+    ) {
+        let (response, then_kick) = match answer {
+            Ok(response) => (response, None),
+            Err(refusal) => (
+                envelope::error(msg_id, route, refusal.code(), refusal.text()),
+                (refusal == Refusal::LoggedInElsewhere).then_some(refusal),
+            ),
         };
         if response.status == 0 {
             self.metrics.requests_ok.increment(1);
@@ -88,55 +208,21 @@ impl Gateway {
         self.metrics
             .request_duration
             .record(started.elapsed().as_secs_f64());
-        Handled {
-            response,
-            then_kick,
+        // Free the id before the client can see the response and reuse it.
+        session.end_request(msg_id);
+        session.send(&response);
+        if let Some(refusal) = then_kick {
+            // The session lost a login race.
+            session.kick(refusal.code(), refusal.text());
         }
+        drop(permit);
     }
 
-    async fn route_request(
-        &self,
-        session: &Arc<Session>,
-        request: Envelope,
-    ) -> Result<Envelope, Refusal> {
-        let (msg_id, route) = (request.msg_id, request.route);
-        let mut target = self.decide(session, route)?;
-        let mut call = LogicRequest {
-            route,
-            payload: request.payload,
-            session_id: session.id,
-            user_id: target.user.as_deref().unwrap_or_default().to_owned(),
-            gateway_node: self.node_id.to_string(),
-            attributes: std::mem::take(&mut target.attributes),
-        };
-        let mut reply = self.call_logic(&target.node, call).await;
-        if let Err(Upstream::Gone(unsent)) = reply {
-            // The node left after the decision: decide again (a binding to it is dropped).
-            target = self.decide(session, route)?;
-            call = unsent;
-            reply = self.call_logic(&target.node, call).await;
+    /// Delivers a node's push to the users of it held here.
+    pub(crate) fn deliver(&self, delivery: pb::Delivery) {
+        for user in &delivery.user_ids {
+            self.push_one(user, delivery.route, &delivery.payload);
         }
-        let reply = match reply {
-            Ok(reply) => reply,
-            Err(Upstream::Timeout) => return Err(Refusal::UpstreamTimeout),
-            Err(Upstream::Unreachable(reason)) => {
-                warn!(session = session.id, node = %target.node, %reason, "logic node unreachable");
-                return Err(Refusal::UpstreamUnreachable);
-            }
-            Err(Upstream::Gone(_)) => return Err(Refusal::UpstreamUnreachable),
-        };
-        self.apply_effects(session, &target.node, target.public, &reply)
-            .await?;
-        let error = match Refusal::text_for_code(reply.status) {
-            Some(fixed) => fixed.to_owned(),
-            None => truncate(&reply.error, MAX_ERROR_TEXT).to_owned(),
-        };
-        let response = envelope::response(msg_id, route, reply.status, error, reply.payload);
-        if !session.fits(&response) {
-            warn!(session = session.id, node = %target.node, route, "the logic server's answer exceeds the client frame limit");
-            return Err(Refusal::ResponseTooLarge);
-        }
-        Ok(response)
     }
 
     /// Where the session's request for `route` goes, with what the logic node needs to know.
@@ -162,13 +248,14 @@ impl Gateway {
             session.drop_bindings(&gone);
         }
         match decision {
-            Decision::Send { node, .. } => {
+            Decision::Send { node, bound } => {
                 let public = table
                     .members
                     .get(&node)
                     .is_some_and(|n| n.serves_publicly(route));
                 Ok(Target {
                     node,
+                    bound,
                     public,
                     user,
                     attributes,
@@ -178,43 +265,15 @@ impl Gateway {
         }
     }
 
-    /// Calls `Logic.Handle` on `node` within the request timeout: one deadline, so a slow node
-    /// is always a timeout (the transport's own deadline error is a timeout too).
-    async fn call_logic(
-        &self,
-        node: &NodeId,
-        request: LogicRequest,
-    ) -> Result<LogicResponse, Upstream> {
-        let channel = match self.mesh.peer_channel(node) {
-            Ok(channel) => channel,
-            Err(MeshError::NodeUnknown(_)) => return Err(Upstream::Gone(request)),
-            Err(other) => return Err(Upstream::Unreachable(other.to_string())),
-        };
-        let counter = self.router.counter(node);
-        counter.fetch_add(1, Ordering::Relaxed);
-        // One deadline for every attempt; a call the node certainly did not process (turned
-        // away by a GOAWAY, refused, never sent) is sent again within it.
-        let result = mesh::retrying_unprocessed(self.limits.request_timeout, |left| {
-            let mut call = tonic::Request::new(request.clone());
-            call.set_timeout(left);
-            let mut client = LogicClient::new(channel.clone());
-            async move { client.handle(call).await }
-        })
-        .await;
-        counter.fetch_sub(1, Ordering::Relaxed);
-        match result {
-            Err(_) => Err(Upstream::Timeout),
-            Ok(Err(status)) => match status.code() {
-                tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => Err(Upstream::Timeout),
-                _ => {
-                    self.router.suspect(node);
-                    Err(Upstream::Unreachable(status.message().to_owned()))
-                }
-            },
-            Ok(Ok(reply)) => {
-                self.router.answered(node);
-                Ok(reply.into_inner())
-            }
+    /// Pushes to one user if connected here.
+    pub(crate) fn push_one(&self, user: &str, route: u32, payload: &bytes::Bytes) -> Pushed {
+        let outcome = self
+            .sessions
+            .by_user(user)
+            .map_or(Pushed::Closed, |s| s.push(route, payload.clone()));
+        if outcome == Pushed::Queued {
+            self.metrics.pushes.increment(1);
         }
+        outcome
     }
 }

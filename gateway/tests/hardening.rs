@@ -4,10 +4,7 @@
 
 mod support;
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use client::{ClientError, ErrorCode, Event, Events};
@@ -15,7 +12,7 @@ use logic_sdk::{LogicError, Recipient, Reply};
 use prost::Message;
 use proto::{client::v1::Envelope, gateway::v1 as pb, logic::v1::BindMode};
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 /// Answers a payload of the size given in the request.
 const BIG: u32 = proto::route(4, 1);
@@ -134,6 +131,9 @@ async fn a_bound_node_slower_than_the_timeout_is_a_timeout_and_the_binding_stays
             Some(ErrorCode::UpstreamTimeout),
             "attempt {attempt}: {response:?}"
         );
+        // The node handles one session's requests one at a time, in order: the next one is
+        // handled once the slow one is done.
+        tokio::time::sleep(Duration::from_millis(700)).await;
         assert_eq!(
             text(&where_am_i(&client).await),
             "l2",
@@ -372,22 +372,8 @@ async fn a_client_that_never_reads_is_dropped_within_seconds_told_why_and_not_re
     let (gateway, logic) = cluster(&["--slow-consumer-ms", "1000"]).await;
     // The stuck client: a raw socket with a small receive buffer that logs in, then stops
     // reading while it is flooded (4 KiB pushes, 250 a second).
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(4096).expect("rcvbuf");
-    let mut stuck = socket.connect(gateway.tcp).await.expect("connect");
-    let login_frame = wire::envelope::encode(&wire::envelope::request(
-        1,
-        LOGIN,
-        Bytes::from_static(b"stuck"),
-    ));
-    let mut framed = (login_frame.len() as u32).to_be_bytes().to_vec();
-    framed.extend_from_slice(&login_frame);
-    stuck.write_all(&framed).await.expect("login");
-    let mut received = Vec::new();
+    let (mut stuck, mut received) = raw_logged_in(gateway.tcp, "stuck").await;
     let mut chunk = vec![0u8; 64 * 1024];
-    let n = stuck.read(&mut chunk).await.expect("login answer");
-    received.extend_from_slice(&chunk[..n]);
-
     let (busy, _busy_events) = login(gateway.ws_address(), "busy").await;
     let flooding = Instant::now();
     busy.request(FLOOD, "stuck,4096,4,6000")
@@ -455,7 +441,11 @@ async fn a_client_that_never_reads_is_dropped_within_seconds_told_why_and_not_re
 async fn a_draining_gateway_kicks_when_it_announced_and_answers_every_request_it_received() {
     // The test gateways drain with a 1 s grace.
     let (gateway, _logic) = cluster(&[]).await;
-    let (client, mut events) = login(gateway.tcp_address(), "leaving").await;
+    let (_client, mut events) = login(gateway.tcp_address(), "leaving").await;
+    let mut others = Vec::new();
+    for i in 0..8 {
+        others.push(login(gateway.ws_address(), &format!("busy-{i}")).await);
+    }
     gateway.shutdown.cancel();
     let grace = match tokio::time::timeout(Duration::from_secs(3), events.next())
         .await
@@ -465,11 +455,11 @@ async fn a_draining_gateway_kicks_when_it_announced_and_answers_every_request_it
         other => panic!("expected the offline notice, got {other:?}"),
     };
     let announced = Instant::now();
-    // Requests still in flight when the grace ends (each takes 700 ms).
+    // Requests still in flight when the grace ends (each takes 700 ms), from eight sessions.
     tokio::time::sleep(grace.saturating_sub(Duration::from_millis(400))).await;
-    let client = Arc::new(client);
-    let requests: Vec<_> = (0..8)
-        .map(|_| {
+    let requests: Vec<_> = others
+        .iter()
+        .map(|(client, _)| {
             let client = client.clone();
             tokio::spawn(async move { client.request(SLOW, "700").await })
         })

@@ -341,3 +341,57 @@ async fn attributes_set_by_a_logic_server_reach_the_next_requests_on_any_node() 
         ""
     );
 }
+
+/// One session's requests to one node are applied in the order they were sent, even when
+/// the client pipelines them (all written at once, none awaited).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_of_one_session_are_applied_in_the_order_sent() {
+    use std::sync::{Arc, Mutex};
+    const SEEN: u32 = proto::route(2, 9);
+    let gateway = TestGateway::start("gw", &[], &["--max-in-flight", "64"]).await;
+    // The handler sleeps a random while before it records the request, as a handler that
+    // awaits something would: without per-session order, later requests overtake.
+    let seen: Arc<Mutex<Vec<u32>>> = Arc::default();
+    let recorder = seen.clone();
+    let server = test_routes("room").route(SEEN, move |_, payload| {
+        let seen = recorder.clone();
+        async move {
+            let n: u32 = String::from_utf8_lossy(&payload).parse().unwrap_or(0);
+            tokio::time::sleep(Duration::from_micros(u64::from((n * 7919) % 3000))).await;
+            seen.lock().expect("seen").push(n);
+            Ok(logic_sdk::Reply::default())
+        }
+    });
+    let _logic = start_logic(server, "l1", &[gateway.gossip]).await;
+    gateway.wait_for_nodes("room", 1).await;
+    // All 45 written back to back in one write, none awaited.
+    let (mut raw, _) = raw_logged_in(gateway.tcp, "piper").await;
+    let mut frames = Vec::new();
+    for n in 1..=45u32 {
+        let request = wire::envelope::encode(&wire::envelope::request(
+            n + 1,
+            SEEN,
+            Bytes::from(n.to_string()),
+        ));
+        frames.extend_from_slice(&(request.len() as u32).to_be_bytes());
+        frames.extend_from_slice(&request);
+    }
+    tokio::io::AsyncWriteExt::write_all(&mut raw, &frames)
+        .await
+        .expect("write");
+    let recorded = seen.clone();
+    testkit::eventually("every request handled", Duration::from_secs(10), || {
+        recorded.lock().expect("seen").len() == 45
+    })
+    .await;
+    let seen = seen.lock().expect("seen").clone();
+    let mut sorted = seen.clone();
+    sorted.sort_unstable();
+    assert_eq!(
+        sorted,
+        (1..=45).collect::<Vec<_>>(),
+        "every request handled once"
+    );
+    let inversions = seen.windows(2).filter(|w| w[0] > w[1]).count();
+    assert_eq!(inversions, 0, "handled out of order: {seen:?}");
+}

@@ -46,11 +46,14 @@
 //! # Layout
 //! - `server`: [`LogicServer`] (state, routes, the gRPC service the gateway calls) and
 //!   [`Context`].
+//! - `link`: the node's side of a link (one stream per gateway): calls handled in order per
+//!   session, answers and pushes sent down in the order they were produced.
 //! - `reply`: [`Reply`] (payload, login, "me" bindings, attributes), [`IntoReply`] and
 //!   [`LogicError`].
 //! - `sdk`: [`Sdk`]: push (ordered per gateway, or awaited), bind, kick, presence, call one node,
 //!   call every node of a kind, and background tasks that stop with the node.
 
+mod link;
 mod reply;
 mod sdk;
 mod server;

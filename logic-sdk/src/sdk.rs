@@ -16,7 +16,7 @@ use runtime::node::Tasks;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
-use crate::reply::BindMode;
+use crate::{link::Links, reply::BindMode};
 
 /// Who a push goes to: a user, and the gateway holding them when the caller knows it (then
 /// only that gateway is asked).
@@ -147,6 +147,7 @@ pub struct Sdk {
     mesh: Mesh,
     gateway_timeout: Duration,
     pipelines: Arc<Pipelines>,
+    links: Arc<Links>,
     tasks: Tasks,
 }
 
@@ -156,8 +157,14 @@ impl Sdk {
             mesh,
             gateway_timeout: Duration::from_secs(3),
             pipelines: Arc::default(),
+            links: Arc::default(),
             tasks,
         }
+    }
+
+    /// The links gateways opened to this node.
+    pub(crate) fn links(&self) -> &Links {
+        &self.links
     }
 
     /// Runs a background task of this server (a room actor, a retry loop) until it ends or the
@@ -533,8 +540,26 @@ async fn drain_pipeline(sdk: Sdk, gateway: NodeId, mut queue: mpsc::Receiver<Que
     // gateway comes back; pending flushes see their queue gone.
 }
 
-/// Sends pushes to one gateway in order, in batches of at most [`BATCH_BYTES`].
+/// Sends pushes to one gateway in order: down the link the gateway opened to this node when
+/// there is one, else in `PushBatch` calls of at most [`BATCH_BYTES`].
 async fn send_pushes(sdk: &Sdk, gateway: &NodeId, pushes: Vec<pb::PushRequest>) {
+    if pushes.is_empty() {
+        return;
+    }
+    if let Some(link) = sdk.links.get(gateway) {
+        for push in pushes {
+            let delivery = proto::logic::v1::Delivery {
+                route: push.route,
+                payload: push.payload,
+                user_ids: push.user_ids,
+            };
+            if let Err(refused) = link.push(delivery) {
+                warn!(%gateway, ?refused, "push to gateway dropped: its link does not take it");
+                metrics::counter!(PUSHES_DROPPED, "gateway" => gateway.to_string()).increment(1);
+            }
+        }
+        return;
+    }
     for pushes in batches(pushes, BATCH_BYTES) {
         let request = pb::PushBatchRequest { pushes };
         let channel = match sdk.mesh.peer_channel(gateway) {

@@ -3,6 +3,7 @@
 use std::{collections::HashMap, future::Future, sync::Arc};
 
 use bytes::Bytes;
+use futures::Stream;
 use futures::future::BoxFuture;
 use mesh::{NodeId, NodeKind};
 use prost::Message;
@@ -15,6 +16,7 @@ use tonic::{Request, Response, Status};
 use tracing::{Instrument, debug, debug_span};
 
 use crate::{
+    link::{self, Handle},
     reply::{IntoReply, LogicError, Reply},
     sdk::Sdk,
 };
@@ -202,14 +204,14 @@ impl<S: Clone + Send + Sync + 'static> LogicServer<S> {
         })
         .await?;
         let sdk = Sdk::new(node.mesh().clone(), node.tasks());
-        let service = LogicService {
+        let service = Arc::new(LogicService {
             node: sdk.node_id(),
             state: self.state,
-            routes: Arc::new(self.routes),
+            routes: self.routes,
             on_closed: self.on_closed,
             sdk: sdk.clone(),
-        };
-        let service = node.authenticated(logic_server::LogicServer::new(service));
+        });
+        let service = node.authenticated(logic_server::LogicServer::new(LogicGrpc(service)));
         node.serve(|routes| routes.add_service(service)).await?;
         Ok(RunningLogic { node, sdk })
     }
@@ -267,7 +269,7 @@ struct LogicService<S> {
     /// This node's id (read once: it is in every request's span).
     node: NodeId,
     state: S,
-    routes: Arc<HashMap<u32, Route<S>>>,
+    routes: HashMap<u32, Route<S>>,
     on_closed: Option<ClosedHandler<S>>,
     sdk: Sdk,
 }
@@ -280,22 +282,24 @@ fn status(code: ErrorCode, error: &str) -> pb::LogicResponse {
     }
 }
 
-#[tonic::async_trait]
-impl<S: Clone + Send + Sync + 'static> logic_server::Logic for LogicService<S> {
-    async fn handle(
+/// The metadata entry in which a gateway names itself when it opens a link.
+pub(crate) const NODE_HEADER: &str = "x-switchyard-node";
+
+impl<S: Clone + Send + Sync + 'static> Handle for LogicService<S> {
+    fn call(
         &self,
-        request: Request<pb::LogicRequest>,
-    ) -> Result<Response<pb::LogicResponse>, Status> {
-        let request = request.into_inner();
+        request: pb::LogicRequest,
+        gateway: &NodeId,
+    ) -> BoxFuture<'static, pb::LogicResponse> {
         let Some(route) = self.routes.get(&request.route) else {
-            return Ok(Response::new(status(
+            return Box::pin(std::future::ready(status(
                 ErrorCode::RouteNotFound,
                 "route not served by this node",
             )));
         };
         let user_id = (!request.user_id.is_empty()).then_some(request.user_id);
         if !route.public && user_id.is_none() {
-            return Ok(Response::new(status(
+            return Box::pin(std::future::ready(status(
                 ErrorCode::LoginRequired,
                 "login required",
             )));
@@ -307,40 +311,96 @@ impl<S: Clone + Send + Sync + 'static> logic_server::Logic for LogicService<S> {
             user = user_id.as_deref().unwrap_or(""),
             route = request.route,
         );
-        let _in_flight = self.sdk.cluster().track_request();
+        let in_flight = self.sdk.cluster().track_request();
         let ctx = Context {
             route: request.route,
             session_id: request.session_id,
             user_id,
-            gateway: NodeId::new(request.gateway_node),
+            gateway: gateway.clone(),
             attributes: request.attributes,
             sdk: self.sdk.clone(),
         };
-        let handled = (route.handler)(self.state.clone(), ctx, request.payload);
-        let response = match handled.instrument(span).await {
-            Ok(reply) => reply.into_proto(),
-            Err(error) => {
-                debug!(code = error.code, message = %error.message, "handler returned an error");
-                status_code(error)
+        let handled = (route.handler)(self.state.clone(), ctx, request.payload).instrument(span);
+        Box::pin(async move {
+            let response = match handled.await {
+                Ok(reply) => reply.into_proto(),
+                Err(error) => {
+                    debug!(code = error.code, message = %error.message, "handler returned an error");
+                    status_code(error)
+                }
+            };
+            drop(in_flight);
+            response
+        })
+    }
+
+    fn closed(&self, ended: pb::SessionEnded) -> BoxFuture<'static, ()> {
+        let Some(handler) = &self.on_closed else {
+            return Box::pin(std::future::ready(()));
+        };
+        let closed = SessionClosed {
+            session_id: ended.session_id,
+            user_id: (!ended.user_id.is_empty()).then_some(ended.user_id),
+            gateway: NodeId::new(ended.gateway_node),
+            reason: ended.reason,
+        };
+        handler(self.state.clone(), closed, self.sdk.clone())
+    }
+}
+
+/// The gRPC face of a logic server: the link, and the unary calls beside it.
+struct LogicGrpc<S>(Arc<LogicService<S>>);
+
+type DownStream = std::pin::Pin<Box<dyn Stream<Item = Result<pb::Down, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl<S: Clone + Send + Sync + 'static> logic_server::Logic for LogicGrpc<S> {
+    type LinkStream = DownStream;
+
+    async fn link(
+        &self,
+        request: Request<tonic::Streaming<pb::Up>>,
+    ) -> Result<Response<DownStream>, Status> {
+        let gateway = request
+            .metadata()
+            .get(NODE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(NodeId::from)
+            .ok_or_else(|| {
+                Status::invalid_argument("a link names its gateway in x-switchyard-node")
+            })?;
+        let up = request.into_inner();
+        let down = link::Down::new();
+        let service = self.0.clone();
+        let sdk = service.sdk.clone();
+        sdk.links().attach(&gateway, &down);
+        debug!(%gateway, "link from a gateway opened");
+        let serving = {
+            let (gateway, down, sdk) = (gateway.clone(), down.clone(), sdk.clone());
+            async move {
+                link::serve(service, gateway.clone(), up, down.clone()).await;
+                sdk.links().detach(&gateway, &down);
+                debug!(%gateway, "link from a gateway closed");
             }
         };
-        Ok(Response::new(response))
+        sdk.spawn(serving);
+        Ok(Response::new(Box::pin(link::down_stream(down))))
+    }
+
+    async fn handle(
+        &self,
+        request: Request<pb::LogicRequest>,
+    ) -> Result<Response<pb::LogicResponse>, Status> {
+        let request = request.into_inner();
+        let gateway = NodeId::new(request.gateway_node.as_str());
+        Ok(Response::new(self.0.call(request, &gateway).await))
     }
 
     async fn session_closed(
         &self,
         request: Request<pb::SessionEnded>,
     ) -> Result<Response<pb::SessionClosedAck>, Status> {
-        let closed = request.into_inner();
-        if let Some(handler) = &self.on_closed {
-            let closed = SessionClosed {
-                session_id: closed.session_id,
-                user_id: (!closed.user_id.is_empty()).then_some(closed.user_id),
-                gateway: NodeId::new(closed.gateway_node),
-                reason: closed.reason,
-            };
-            handler(self.state.clone(), closed, self.sdk.clone()).await;
-        }
+        self.0.closed(request.into_inner()).await;
         Ok(Response::new(pb::SessionClosedAck {}))
     }
 }
