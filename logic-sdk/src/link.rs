@@ -20,6 +20,9 @@ use proto::logic::v1::{
 use tokio::sync::Notify;
 use tracing::debug;
 
+/// Bytes of one message down a link, about (a single larger item goes alone).
+const MESSAGE_BYTES: usize = 1 << 20;
+
 /// Bytes of pushes queued for one gateway before further pushes are refused (answers are
 /// always taken: the gateway bounds its calls in flight).
 const MAX_QUEUED_PUSH_BYTES: usize = 16 << 20;
@@ -45,6 +48,8 @@ pub(crate) struct Down {
 #[derive(Default)]
 struct DownState {
     items: Vec<DownItem>,
+    /// Encoded size of `items`, and of the pushes among them.
+    bytes: usize,
     push_bytes: usize,
     closed: bool,
 }
@@ -76,12 +81,14 @@ impl Down {
             if state.closed {
                 return;
             }
-            state.items.push(DownItem {
+            let item = DownItem {
                 item: Some(DownKind::Answer(pb::Answer {
                     id,
                     response: Some(response),
                 })),
-            });
+            };
+            state.bytes += item.encoded_len();
+            state.items.push(item);
         }
         self.ready.notify_one();
     }
@@ -98,6 +105,7 @@ impl Down {
                 return Err(Refused::Full);
             }
             state.push_bytes += size;
+            state.bytes += size;
             state.items.push(DownItem {
                 item: Some(DownKind::Push(delivery)),
             });
@@ -112,10 +120,7 @@ impl Down {
             {
                 let mut state = self.lock();
                 if !state.items.is_empty() {
-                    state.push_bytes = 0;
-                    return Some(pb::Down {
-                        items: std::mem::take(&mut state.items),
-                    });
+                    return Some(take_message(&mut state));
                 }
                 if state.closed {
                     return None;
@@ -134,6 +139,39 @@ impl Down {
     pub(crate) fn is_closed(&self) -> bool {
         self.lock().closed
     }
+}
+
+/// Takes the queued items, up to about [`MESSAGE_BYTES`] (at least one), as one message.
+fn take_message(state: &mut DownState) -> pb::Down {
+    if state.bytes <= MESSAGE_BYTES {
+        state.bytes = 0;
+        state.push_bytes = 0;
+        return pb::Down {
+            items: std::mem::take(&mut state.items),
+        };
+    }
+    let mut size = 0;
+    let mut count = 0;
+    let mut pushes = 0;
+    for item in &state.items {
+        let len = item.encoded_len();
+        if count > 0 && size + len > MESSAGE_BYTES {
+            break;
+        }
+        size += len;
+        count += 1;
+        if let Some(DownKind::Push(push)) = &item.item {
+            pushes += push.encoded_len();
+        }
+    }
+    state.push_bytes = state.push_bytes.saturating_sub(pushes);
+    state.bytes = state.bytes.saturating_sub(size);
+    let items = if count == state.items.len() {
+        std::mem::take(&mut state.items)
+    } else {
+        state.items.drain(..count).collect()
+    };
+    pb::Down { items }
 }
 
 /// One unit of work for a session: a call (answered) or its closed notice (not answered).
@@ -312,6 +350,24 @@ mod tests {
             })
             .collect();
         assert_eq!(kinds, ["answer 1", "push", "answer 2"]);
+    }
+
+    #[tokio::test]
+    async fn a_large_backlog_goes_down_in_messages_of_about_a_mebibyte() {
+        let down = Down::new();
+        for _ in 0..3 {
+            down.push(delivery(600 << 10)).expect("queued");
+        }
+        down.answer(9, pb::LogicResponse::default());
+        let sizes: Vec<usize> = [down.next().await, down.next().await, down.next().await]
+            .into_iter()
+            .map(|m| m.expect("a message").items.len())
+            .collect();
+        assert_eq!(
+            sizes,
+            [1, 1, 2],
+            "one large push a message; the answer rides the last"
+        );
     }
 
     #[tokio::test]
