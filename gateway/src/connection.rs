@@ -13,13 +13,19 @@ use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span};
 use wire::{Envelope, ErrorCode, FrameError, Kind, envelope};
 
-use crate::{gateway::Gateway, outbox::Outbound, refusal::Refusal, session::Session};
+use crate::{
+    gateway::Gateway,
+    outbox::{Outbound, PushFrame},
+    refusal::Refusal,
+    session::Session,
+};
 
-/// What the writer hands a transport: a frame, or the close with the code the session ended
-/// with (the WebSocket close status is chosen from it).
+/// What the writer hands a transport: a frame, a push to encode, or the close with the code
+/// the session ended with (the WebSocket close status is chosen from it).
 #[derive(Debug)]
 pub(crate) enum Outgoing {
     Frame(Bytes),
+    Push(PushFrame),
     Close(u32),
 }
 
@@ -218,14 +224,16 @@ async fn write_queue(mut sink: FrameSink, session: &Session) {
     loop {
         let mut close = false;
         let first = match outbound.recv().await {
-            Outbound::Frame(frame) => frame,
+            Outbound::Frame(frame) => Outgoing::Frame(frame),
+            Outbound::Push(push) => Outgoing::Push(push),
             Outbound::Close => break,
         };
         let written = async {
-            sink.feed(Outgoing::Frame(first)).await?;
+            sink.feed(first).await?;
             while let Some(next) = outbound.try_recv() {
                 match next {
                     Outbound::Frame(frame) => sink.feed(Outgoing::Frame(frame)).await?,
+                    Outbound::Push(push) => sink.feed(Outgoing::Push(push)).await?,
                     Outbound::Close => {
                         close = true;
                         break;

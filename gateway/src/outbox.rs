@@ -28,8 +28,30 @@ pub(crate) const FRAME_OVERHEAD: usize = 48;
 pub(crate) enum Outbound {
     /// One encoded envelope.
     Frame(Bytes),
+    /// A push, encoded by the transport as it writes (its payload shared with every other
+    /// recipient of the same push, never copied before the socket buffer).
+    Push(PushFrame),
     /// Close the connection after the frames before this one.
     Close,
+}
+
+/// A push envelope not yet encoded.
+#[derive(Debug)]
+pub(crate) struct PushFrame {
+    pub(crate) seq: u64,
+    pub(crate) route: u32,
+    pub(crate) payload: Bytes,
+}
+
+impl Outbound {
+    /// Bytes charged to the queue for this item.
+    fn cost(&self) -> usize {
+        match self {
+            Outbound::Frame(frame) => frame.len() + FRAME_OVERHEAD,
+            Outbound::Push(push) => push.payload.len() + FRAME_OVERHEAD,
+            Outbound::Close => 0,
+        }
+    }
 }
 
 /// Why a frame was not queued.
@@ -95,8 +117,8 @@ impl Outbox {
             if state.closed {
                 return Err(Refused::Closed);
             }
-            if let Outbound::Frame(frame) = &item {
-                let cost = frame.len() + FRAME_OVERHEAD;
+            if !matches!(item, Outbound::Close) {
+                let cost = item.cost();
                 let stale = state
                     .queue
                     .front()
@@ -117,9 +139,7 @@ impl Outbox {
     pub(crate) fn try_recv(&self) -> Option<Outbound> {
         let mut state = self.state();
         let (item, _) = state.queue.pop_front()?;
-        if let Outbound::Frame(frame) = &item {
-            state.bytes -= frame.len() + FRAME_OVERHEAD;
-        }
+        state.bytes -= item.cost();
         Some(item)
     }
 
@@ -169,6 +189,7 @@ mod tests {
         std::iter::from_fn(|| outbox.try_recv())
             .map(|item| match item {
                 Outbound::Frame(f) => format!("frame {}", f.len()),
+                Outbound::Push(p) => format!("push {}", p.payload.len()),
                 Outbound::Close => "close".to_owned(),
             })
             .collect()

@@ -218,11 +218,15 @@ impl Gateway {
         drop(permit);
     }
 
-    /// Delivers a node's push to the users of it held here.
+    /// Delivers a node's push to the users of it held here (the payload shared, not copied).
     pub(crate) fn deliver(&self, delivery: pb::Delivery) {
-        for user in &delivery.user_ids {
-            self.push_one(user, delivery.route, &delivery.payload);
+        let mut queued = 0;
+        for session in self.sessions.by_users(&delivery.user_ids) {
+            if session.push(delivery.route, delivery.payload.clone()) == Pushed::Queued {
+                queued += 1;
+            }
         }
+        self.metrics.pushes.increment(queued);
     }
 
     /// Where the session's request for `route` goes, with what the logic node needs to know.

@@ -27,7 +27,7 @@ use wire::{Envelope, ErrorCode, envelope};
 
 use crate::{
     binding::{self, Binding},
-    outbox::{Outbound, Outbox, OutboxLimits, Refused},
+    outbox::{Outbound, Outbox, OutboxLimits, PushFrame, Refused},
     sessions::LoginStamp,
 };
 
@@ -184,15 +184,24 @@ impl Session {
     /// queued takes none).
     pub(crate) fn push(&self, route: u32, payload: Bytes) -> Pushed {
         let mut seq = lock(&self.push_seq);
-        let push = envelope::push(*seq + 1, route, payload);
-        if !self.fits(&push) {
+        if !self.fits(&envelope::push(*seq + 1, route, payload.clone())) {
             return Pushed::TooLarge;
         }
-        if self.send_frame(envelope::encode(&push)) {
-            *seq += 1;
-            Pushed::Queued
-        } else {
-            Pushed::Closed
+        let push = PushFrame {
+            seq: *seq + 1,
+            route,
+            payload,
+        };
+        match self.outbound.try_send(Outbound::Push(push)) {
+            Ok(()) => {
+                *seq += 1;
+                Pushed::Queued
+            }
+            Err(Refused::SlowConsumer) => {
+                self.drop_slow_consumer();
+                Pushed::Closed
+            }
+            Err(Refused::Closed) => Pushed::Closed,
         }
     }
 

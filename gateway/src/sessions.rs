@@ -216,6 +216,17 @@ impl Sessions {
             .cloned()
     }
 
+    /// The sessions of those of `users` connected here, looked up under one lock.
+    pub(crate) fn by_users(&self, users: &[String]) -> Vec<Arc<Session>> {
+        let index = self.lock();
+        users
+            .iter()
+            .filter_map(|user| index.by_user.get(user.as_str()))
+            .filter_map(|id| index.by_id.get(id))
+            .cloned()
+            .collect()
+    }
+
     /// A snapshot of every session.
     pub(crate) fn all(&self) -> Vec<Arc<Session>> {
         self.lock().by_id.values().cloned().collect()

@@ -9,8 +9,9 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use futures::{SinkExt, StreamExt, future};
+use prost::Message as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::{
     Message,
@@ -104,6 +105,16 @@ impl Encoder<Outgoing> for TcpCodec {
     fn encode(&mut self, item: Outgoing, dst: &mut BytesMut) -> Result<(), FrameError> {
         match item {
             Outgoing::Frame(frame) => self.0.encode(frame, dst),
+            Outgoing::Push(push) => {
+                // Straight into the write buffer: the shared payload is copied once, here.
+                let envelope = wire::envelope::push(push.seq, push.route, push.payload);
+                let len = envelope.encoded_len();
+                dst.reserve(4 + len);
+                dst.put_u32(len as u32);
+                envelope
+                    .encode(dst)
+                    .map_err(|e| FrameError::Transport(e.to_string()))
+            }
             Outgoing::Close(_) => Ok(()),
         }
     }
@@ -170,6 +181,11 @@ async fn serve_ws(
 fn ws_message(out: Outgoing) -> Message {
     match out {
         Outgoing::Frame(frame) => wire::ws::message(frame),
+        Outgoing::Push(push) => wire::ws::message(wire::envelope::encode(&wire::envelope::push(
+            push.seq,
+            push.route,
+            push.payload,
+        ))),
         Outgoing::Close(code) => {
             let status = match ErrorCode::try_from(code as i32) {
                 Ok(ErrorCode::TooLarge) => CloseCode::Size,

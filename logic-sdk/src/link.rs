@@ -43,6 +43,8 @@ pub(crate) trait Handle: Send + Sync + 'static {
 pub(crate) struct Down {
     state: Mutex<DownState>,
     ready: Notify,
+    /// Everything queued has been taken (sent).
+    emptied: Notify,
 }
 
 #[derive(Default)]
@@ -68,6 +70,7 @@ impl Down {
         Arc::new(Self {
             state: Mutex::default(),
             ready: Notify::new(),
+            emptied: Notify::new(),
         })
     }
 
@@ -120,13 +123,31 @@ impl Down {
             {
                 let mut state = self.lock();
                 if !state.items.is_empty() {
-                    return Some(take_message(&mut state));
+                    let message = take_message(&mut state);
+                    if state.items.is_empty() {
+                        self.emptied.notify_waiters();
+                    }
+                    return Some(message);
                 }
                 if state.closed {
                     return None;
                 }
             }
             self.ready.notified().await;
+        }
+    }
+
+    /// Waits until everything queued so far has been taken to be sent.
+    pub(crate) async fn sent(&self) {
+        loop {
+            let emptied = self.emptied.notified();
+            {
+                let state = self.lock();
+                if state.items.is_empty() || state.closed {
+                    return;
+                }
+            }
+            emptied.await;
         }
     }
 
@@ -303,6 +324,15 @@ impl Links {
         if links.get(gateway).is_some_and(|d| Arc::ptr_eq(d, down)) {
             links.remove(gateway);
         }
+    }
+
+    /// Every open link.
+    pub(crate) fn all(&self) -> Vec<Arc<Down>> {
+        self.lock()
+            .values()
+            .filter(|d| !d.is_closed())
+            .cloned()
+            .collect()
     }
 
     /// The open link of `gateway`, if any.

@@ -3,7 +3,10 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -130,7 +133,14 @@ pub const PUSHES_DROPPED: &str = "switchyard_sdk_pushes_dropped_total";
 /// One ordered push queue per gateway, each drained by its own task.
 #[derive(Default)]
 struct Pipelines {
-    queues: Mutex<HashMap<NodeId, mpsc::Sender<Queued>>>,
+    queues: Mutex<HashMap<NodeId, Pipeline>>,
+}
+
+/// A gateway's push queue, and how many pushes in it are not yet handed on.
+#[derive(Clone)]
+struct Pipeline {
+    queue: mpsc::Sender<Queued>,
+    pending: Arc<AtomicUsize>,
 }
 
 /// What a gateway's push queue carries.
@@ -184,20 +194,37 @@ impl Sdk {
         payload: impl Into<Bytes>,
     ) -> usize {
         let payload = payload.into();
-        let gateways = self.gateways().unwrap_or_default();
         let mut dropped = 0;
-        for (gateway, user_ids) in group_by_gateway(recipients, &gateways) {
+        let every_gateway = || self.gateways().unwrap_or_default();
+        for (gateway, user_ids) in group_by_gateway(recipients, every_gateway) {
+            let pipeline = self.pipeline(&gateway);
+            // Nothing of this gateway's queue is waiting: straight down its link (the order
+            // stays: nothing queued earlier can still overtake).
+            if pipeline.pending.load(Ordering::Acquire) == 0
+                && let Some(link) = self.links.get(&gateway)
+            {
+                let delivery = proto::logic::v1::Delivery {
+                    route,
+                    payload: payload.clone(),
+                    user_ids,
+                };
+                if let Err(refused) = link.push(delivery) {
+                    dropped += 1;
+                    warn!(%gateway, route, ?refused, "push to gateway dropped: its link does not take it");
+                    metrics::counter!(PUSHES_DROPPED, "gateway" => gateway.to_string())
+                        .increment(1);
+                }
+                continue;
+            }
             let request = pb::PushRequest {
                 user_ids,
                 route,
                 payload: payload.clone(),
                 local_only: true,
             };
-            if self
-                .pipeline(&gateway)
-                .try_send(Queued::Push(request))
-                .is_err()
-            {
+            pipeline.pending.fetch_add(1, Ordering::AcqRel);
+            if pipeline.queue.try_send(Queued::Push(request)).is_err() {
+                pipeline.pending.fetch_sub(1, Ordering::AcqRel);
                 dropped += 1;
                 warn!(%gateway, route, "push queue to gateway is full; push dropped");
                 metrics::counter!(PUSHES_DROPPED, "gateway" => gateway.to_string()).increment(1);
@@ -209,7 +236,11 @@ impl Sdk {
     /// Waits until every push queued so far with [`Sdk::push_ordered`] has been sent (or
     /// given up on): call it at the end of a drain so the last pushes leave before the node.
     pub async fn flush_pushes(&self) {
-        let queues: Vec<mpsc::Sender<Queued>> = self.lock_pipelines().values().cloned().collect();
+        let queues: Vec<mpsc::Sender<Queued>> = self
+            .lock_pipelines()
+            .values()
+            .map(|p| p.queue.clone())
+            .collect();
         let flushed = queues.into_iter().map(|queue| async move {
             let (done, sent) = oneshot::channel();
             if queue.send(Queued::Flush(done)).await.is_ok() {
@@ -218,25 +249,38 @@ impl Sdk {
             }
         });
         join_all(flushed).await;
+        // And what went straight down the links.
+        let links = self.links.all();
+        let sent = links.iter().map(|link| link.sent());
+        let _ = tokio::time::timeout(self.gateway_timeout, join_all(sent)).await;
     }
 
-    fn lock_pipelines(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, mpsc::Sender<Queued>>> {
+    fn lock_pipelines(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Pipeline>> {
         self.pipelines
             .queues
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn pipeline(&self, gateway: &NodeId) -> mpsc::Sender<Queued> {
+    fn pipeline(&self, gateway: &NodeId) -> Pipeline {
         let mut queues = self.lock_pipelines();
-        if let Some(queue) = queues.get(gateway).filter(|q| !q.is_closed()) {
-            return queue.clone();
+        if let Some(pipeline) = queues.get(gateway).filter(|p| !p.queue.is_closed()) {
+            return pipeline.clone();
         }
         let (tx, rx) = mpsc::channel(PIPELINE_DEPTH);
-        queues.retain(|_, queue| !queue.is_closed());
-        queues.insert(gateway.clone(), tx.clone());
-        self.spawn(drain_pipeline(self.clone(), gateway.clone(), rx));
-        tx
+        let pipeline = Pipeline {
+            queue: tx,
+            pending: Arc::default(),
+        };
+        queues.retain(|_, p| !p.queue.is_closed());
+        queues.insert(gateway.clone(), pipeline.clone());
+        self.spawn(drain_pipeline(
+            self.clone(),
+            gateway.clone(),
+            rx,
+            pipeline.pending.clone(),
+        ));
+        pipeline
     }
 
     /// This node's mesh (register mesh handlers, send to nodes).
@@ -474,12 +518,15 @@ fn push_targets(recipients: &[Recipient], gateways: Vec<NodeId>) -> Vec<NodeId> 
     known.into_iter().collect()
 }
 
-/// Users by the gateway to ask: their own when known, else every gateway.
+/// Users by the gateway to ask: their own when known, else every gateway (listed only when a
+/// recipient's gateway is unknown).
 fn group_by_gateway(
     recipients: impl IntoIterator<Item = Recipient>,
-    gateways: &[NodeId],
+    every_gateway: impl FnOnce() -> Vec<NodeId>,
 ) -> BTreeMap<NodeId, Vec<String>> {
     let mut per_gateway: BTreeMap<NodeId, Vec<String>> = BTreeMap::new();
+    let mut every_gateway = Some(every_gateway);
+    let mut gateways: Vec<NodeId> = Vec::new();
     for recipient in recipients {
         match recipient.gateway {
             // A named gateway gets the push even before it is a member here: its pipeline
@@ -490,8 +537,11 @@ fn group_by_gateway(
                     .or_default()
                     .push(recipient.user_id);
             }
-            _ => {
-                for gateway in gateways {
+            None => {
+                if let Some(list) = every_gateway.take() {
+                    gateways = list();
+                }
+                for gateway in &gateways {
                     per_gateway
                         .entry(gateway.clone())
                         .or_default()
@@ -515,7 +565,12 @@ const BATCH_BYTES: usize = 1024 * 1024;
 
 /// Sends one gateway's queued pushes in order, as batches of whatever is queued (one RPC per
 /// batch, not per push). Ends when the gateway leaves the cluster or the node stops.
-async fn drain_pipeline(sdk: Sdk, gateway: NodeId, mut queue: mpsc::Receiver<Queued>) {
+async fn drain_pipeline(
+    sdk: Sdk,
+    gateway: NodeId,
+    mut queue: mpsc::Receiver<Queued>,
+    pending: Arc<AtomicUsize>,
+) {
     let mut queued = Vec::with_capacity(BATCH);
     while queue.recv_many(&mut queued, BATCH).await > 0 {
         if sdk.gateways_knowing(&[&gateway]).await.is_err()
@@ -529,12 +584,16 @@ async fn drain_pipeline(sdk: Sdk, gateway: NodeId, mut queue: mpsc::Receiver<Que
             match item {
                 Queued::Push(push) => pushes.push(push),
                 Queued::Flush(done) => {
+                    let sent = pushes.len();
                     send_pushes(&sdk, &gateway, std::mem::take(&mut pushes)).await;
+                    pending.fetch_sub(sent, Ordering::AcqRel);
                     let _ = done.send(());
                 }
             }
         }
+        let sent = pushes.len();
         send_pushes(&sdk, &gateway, pushes).await;
+        pending.fetch_sub(sent, Ordering::AcqRel);
     }
     // The receiver drops here: `pipeline` sees the queue closed and starts a new one if the
     // gateway comes back; pending flushes see their queue gone.
@@ -739,7 +798,7 @@ mod tests {
         let open = |sdk: &Sdk| {
             sdk.lock_pipelines()
                 .values()
-                .filter(|q| !q.is_closed())
+                .filter(|p| !p.queue.is_closed())
                 .count()
         };
         assert_eq!(open(&sdk), 1, "one pipeline, to the one gateway");
