@@ -13,6 +13,7 @@ const PROTOS: &[&str] = &[
     "proto/switchyard/gateway/v1/gateway.proto",
     "proto/switchyard/room/v1/room.proto",
     "proto/switchyard/matchmaking/v1/matchmaking.proto",
+    "proto/switchyard/admin/v1/admin.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -181,6 +181,7 @@ fn envelopes() -> Vec<(&'static str, Envelope)> {
                 resume: Some(Resume {
                     token: "t".into(),
                     last_seq: 9,
+                    user_id: "u".into(),
                 }),
                 ..Envelope::default()
             },

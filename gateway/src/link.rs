@@ -469,7 +469,7 @@ async fn carry(gateway: &Arc<Gateway>, link: &Arc<Link>, mut down: tonic::Stream
                             }
                         }
                         Some(DownKind::Push(delivery)) => gateway.deliver(delivery),
-                        None => {}
+                        Some(DownKind::MovedAck(_)) | None => {}
                     }
                 }
             }

@@ -260,6 +260,27 @@ impl gateway_server::Gateway for GatewayService {
         Ok(Response::new(reply))
     }
 
+    async fn adopt_session(
+        &self,
+        _request: Request<pb::SessionSnapshot>,
+    ) -> Result<Response<pb::Adopted>, Status> {
+        Err(Status::unimplemented("session moves are not built yet"))
+    }
+
+    async fn take_session(
+        &self,
+        _request: Request<pb::TakeSessionRequest>,
+    ) -> Result<Response<pb::SessionSnapshot>, Status> {
+        Err(Status::unimplemented("session moves are not built yet"))
+    }
+
+    async fn forward(
+        &self,
+        _request: Request<pb::ForwardBatch>,
+    ) -> Result<Response<pb::ForwardAck>, Status> {
+        Err(Status::unimplemented("session moves are not built yet"))
+    }
+
     async fn presence(
         &self,
         request: Request<pb::PresenceRequest>,

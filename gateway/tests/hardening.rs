@@ -350,6 +350,7 @@ async fn one_push_batch_of_1500_pushes_reaches_a_client_that_reads() {
             route: FLOOD,
             payload: Bytes::from(format!("push {i}")),
             local_only: true,
+            to_every_gateway: false,
         })
         .collect();
     let reply = service

@@ -37,6 +37,9 @@ pub(crate) trait Handle: Send + Sync + 'static {
     ) -> BoxFuture<'static, pb::LogicResponse>;
     /// Handles a session-closed notice.
     fn closed(&self, ended: pb::SessionEnded) -> BoxFuture<'static, ()>;
+    /// A user's session moved from `gateway` to another: pushes follow it; `down` (the link
+    /// from `gateway`) gets the acknowledgement after the pushes already bound for it.
+    fn moved(&self, moved: pb::Moved, gateway: &NodeId, down: &Arc<Down>);
 }
 
 /// The queue of what goes down a link.
@@ -137,6 +140,22 @@ impl Down {
         }
     }
 
+    /// Queues the acknowledgement of a move: nothing more for `user_id` comes down this link.
+    pub(crate) fn moved_ack(&self, user_id: String) {
+        {
+            let mut state = self.lock();
+            if state.closed {
+                return;
+            }
+            let item = DownItem {
+                item: Some(DownKind::MovedAck(pb::MovedAck { user_id })),
+            };
+            state.bytes += item.encoded_len();
+            state.items.push(item);
+        }
+        self.ready.notify_one();
+    }
+
     /// Waits until everything queued so far has been taken to be sent.
     pub(crate) async fn sent(&self) {
         loop {
@@ -233,6 +252,10 @@ pub(crate) async fn serve(
                         let work = match item.item {
                             Some(UpKind::Call(call)) => Work::Call(call),
                             Some(UpKind::Closed(ended)) => Work::Closed(ended),
+                            Some(UpKind::Moved(moved)) => {
+                                handle.moved(moved, &gateway, &down);
+                                continue;
+                            }
                             None => continue,
                         };
                         let session = work.session();
@@ -359,6 +382,7 @@ mod tests {
             route: 1,
             payload: vec![0; size].into(),
             user_ids: vec!["u".into()],
+            to_every_gateway: false,
         }
     }
 
@@ -376,6 +400,7 @@ mod tests {
                 Some(DownKind::Answer(a)) if a.id == 1 => "answer 1",
                 Some(DownKind::Answer(_)) => "answer 2",
                 Some(DownKind::Push(_)) => "push",
+                Some(DownKind::MovedAck(_)) => "moved ack",
                 None => "none",
             })
             .collect();

@@ -39,6 +39,8 @@ pub struct Reply {
     bind_me: Option<(BindMode, Vec<NodeId>)>,
     attributes: Vec<(String, String)>,
     watch_session: bool,
+    wills: Vec<pb::Will>,
+    revoke_wills: Vec<String>,
 }
 
 impl Reply {
@@ -81,6 +83,25 @@ impl Reply {
         self
     }
 
+    /// Leaves a will with the gateway: if this node is ever gone (left without a word, or
+    /// declared dead) while the session is bound to it, the gateway pushes `payload` on `route`
+    /// to the user (a room's "room closed: server failed", say). One will per `key`; a later
+    /// one with the same key replaces it.
+    pub fn will(mut self, key: impl Into<String>, route: u32, payload: impl Into<Bytes>) -> Self {
+        self.wills.push(pb::Will {
+            key: key.into(),
+            route,
+            payload: payload.into(),
+        });
+        self
+    }
+
+    /// Takes back this node's will with `key` (the user left the room, say).
+    pub fn revoke_will(mut self, key: impl Into<String>) -> Self {
+        self.revoke_wills.push(key.into());
+        self
+    }
+
     pub(crate) fn into_proto(self) -> pb::LogicResponse {
         pb::LogicResponse {
             status: 0,
@@ -93,6 +114,8 @@ impl Reply {
             }),
             set_attributes: self.attributes.into_iter().collect(),
             watch_session: self.watch_session,
+            wills: self.wills,
+            revoke_wills: self.revoke_wills,
         }
     }
 }

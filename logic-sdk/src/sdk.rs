@@ -147,8 +147,50 @@ struct Pipeline {
 enum Queued {
     /// A push to send.
     Push(pb::PushRequest),
+    /// The acknowledgement of a user's move: after the pushes queued before it.
+    MovedAck(String),
     /// Answer once every push queued before this one has been sent (or given up on).
     Flush(oneshot::Sender<()>),
+}
+
+/// Where users whose session moved to another gateway are now, as their old gateway told
+/// this node; their pushes go there, whatever gateway the caller names.
+#[derive(Default)]
+struct Moves {
+    to: Mutex<HashMap<String, (NodeId, tokio::time::Instant)>>,
+}
+
+/// How long a move is remembered (by then the app has learnt the user's new gateway from the
+/// user's own requests).
+const MOVE_MEMORY: Duration = Duration::from_secs(600);
+
+impl Moves {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (NodeId, tokio::time::Instant)>> {
+        self.to
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn record(&self, user: String, gateway: NodeId) {
+        let now = tokio::time::Instant::now();
+        let mut moves = self.lock();
+        if moves.len() > 1024 {
+            moves.retain(|_, (_, at)| now.duration_since(*at) < MOVE_MEMORY);
+        }
+        moves.insert(user, (gateway, now));
+    }
+
+    /// Where `user` is now, if a move of theirs is remembered.
+    fn gateway_of(&self, user: &str) -> Option<NodeId> {
+        let moves = self.lock();
+        if moves.is_empty() {
+            return None;
+        }
+        moves
+            .get(user)
+            .filter(|(_, at)| at.elapsed() < MOVE_MEMORY)
+            .map(|(gateway, _)| gateway.clone())
+    }
 }
 
 /// A cloneable handle on the cluster for logic code.
@@ -158,6 +200,7 @@ pub struct Sdk {
     gateway_timeout: Duration,
     pipelines: Arc<Pipelines>,
     links: Arc<Links>,
+    moves: Arc<Moves>,
     tasks: Tasks,
 }
 
@@ -168,6 +211,7 @@ impl Sdk {
             gateway_timeout: Duration::from_secs(3),
             pipelines: Arc::default(),
             links: Arc::default(),
+            moves: Arc::default(),
             tasks,
         }
     }
@@ -175,6 +219,33 @@ impl Sdk {
     /// The links gateways opened to this node.
     pub(crate) fn links(&self) -> &Links {
         &self.links
+    }
+
+    /// A user's session moved from `from` to `moved.to_gateway`: later pushes go there, and
+    /// `from` is told (after the pushes already bound for it) that nothing more comes its way.
+    pub(crate) fn user_moved(
+        &self,
+        moved: proto::logic::v1::Moved,
+        from: &NodeId,
+        down: &Arc<crate::link::Down>,
+    ) {
+        self.moves
+            .record(moved.user_id.clone(), NodeId::new(moved.to_gateway));
+        let pipeline = self.pipeline(from);
+        if pipeline.pending.load(Ordering::Acquire) == 0 {
+            down.moved_ack(moved.user_id);
+            return;
+        }
+        pipeline.pending.fetch_add(1, Ordering::AcqRel);
+        if pipeline
+            .queue
+            .try_send(Queued::MovedAck(moved.user_id.clone()))
+            .is_err()
+        {
+            pipeline.pending.fetch_sub(1, Ordering::AcqRel);
+            // The queue is full: the pushes in it are dropped anyway; say so now.
+            down.moved_ack(moved.user_id);
+        }
     }
 
     /// Runs a background task of this server (a room actor, a retry loop) until it ends or the
@@ -196,7 +267,10 @@ impl Sdk {
         let payload = payload.into();
         let mut dropped = 0;
         let every_gateway = || self.gateways().unwrap_or_default();
-        for (gateway, user_ids) in group_by_gateway(recipients, every_gateway) {
+        let grouped = group_by_gateway(recipients, every_gateway, |user| {
+            self.moves.gateway_of(user)
+        });
+        for ((gateway, to_every_gateway), user_ids) in grouped {
             let pipeline = self.pipeline(&gateway);
             // Nothing of this gateway's queue is waiting: straight down its link (the order
             // stays: nothing queued earlier can still overtake).
@@ -207,6 +281,7 @@ impl Sdk {
                     route,
                     payload: payload.clone(),
                     user_ids,
+                    to_every_gateway,
                 };
                 if let Err(refused) = link.push(delivery) {
                     dropped += 1;
@@ -221,6 +296,7 @@ impl Sdk {
                 route,
                 payload: payload.clone(),
                 local_only: true,
+                to_every_gateway,
             };
             pipeline.pending.fetch_add(1, Ordering::AcqRel);
             if pipeline.queue.try_send(Queued::Push(request)).is_err() {
@@ -306,18 +382,28 @@ impl Sdk {
         route: u32,
         payload: impl Into<Bytes>,
     ) -> Result<GatewayReport, SdkError> {
-        let recipients: Vec<Recipient> = recipients.into_iter().collect();
+        let recipients: Vec<Recipient> = recipients
+            .into_iter()
+            .map(|mut r| {
+                if let Some(moved) = self.moves.gateway_of(&r.user_id) {
+                    r.gateway = Some(moved);
+                }
+                r
+            })
+            .collect();
         let named: Vec<&NodeId> = recipients
             .iter()
             .filter_map(|r| r.gateway.as_ref())
             .collect();
-        let targets = push_targets(&recipients, self.gateways_knowing(&named).await?);
+        let (targets, to_every_gateway) =
+            push_targets(&recipients, self.gateways_knowing(&named).await?);
         let user_ids: Vec<String> = recipients.into_iter().map(|r| r.user_id).collect();
         let request = pb::PushRequest {
             user_ids: user_ids.clone(),
             route,
             payload: payload.into(),
             local_only: true,
+            to_every_gateway,
         };
         let answers = self
             .mesh
@@ -507,33 +593,36 @@ impl Sdk {
 
 /// The gateways a push goes to: those of the recipients when every recipient's gateway is
 /// known and a member, else every gateway.
-fn push_targets(recipients: &[Recipient], gateways: Vec<NodeId>) -> Vec<NodeId> {
+fn push_targets(recipients: &[Recipient], gateways: Vec<NodeId>) -> (Vec<NodeId>, bool) {
     let mut known = BTreeSet::new();
     for recipient in recipients {
         match &recipient.gateway {
             Some(gateway) if gateways.contains(gateway) => known.insert(gateway.clone()),
-            _ => return gateways,
+            _ => return (gateways, true),
         };
     }
-    known.into_iter().collect()
+    (known.into_iter().collect(), false)
 }
 
-/// Users by the gateway to ask: their own when known, else every gateway (listed only when a
-/// recipient's gateway is unknown).
+/// Users by the gateway to ask: where they moved to when a move is remembered, else their own
+/// gateway when known, else every gateway (listed only when a recipient's gateway is unknown;
+/// those deliveries are marked as sent to every gateway).
 fn group_by_gateway(
     recipients: impl IntoIterator<Item = Recipient>,
     every_gateway: impl FnOnce() -> Vec<NodeId>,
-) -> BTreeMap<NodeId, Vec<String>> {
-    let mut per_gateway: BTreeMap<NodeId, Vec<String>> = BTreeMap::new();
+    moved_to: impl Fn(&str) -> Option<NodeId>,
+) -> BTreeMap<(NodeId, bool), Vec<String>> {
+    let mut per_gateway: BTreeMap<(NodeId, bool), Vec<String>> = BTreeMap::new();
     let mut every_gateway = Some(every_gateway);
     let mut gateways: Vec<NodeId> = Vec::new();
     for recipient in recipients {
-        match recipient.gateway {
+        let gateway = moved_to(&recipient.user_id).or(recipient.gateway);
+        match gateway {
             // A named gateway gets the push even before it is a member here: its pipeline
             // waits for it to appear (it sent the request that made this push).
             Some(gateway) => {
                 per_gateway
-                    .entry(gateway)
+                    .entry((gateway, false))
                     .or_default()
                     .push(recipient.user_id);
             }
@@ -543,7 +632,7 @@ fn group_by_gateway(
                 }
                 for gateway in &gateways {
                     per_gateway
-                        .entry(gateway.clone())
+                        .entry((gateway.clone(), true))
                         .or_default()
                         .push(recipient.user_id.clone());
                 }
@@ -583,6 +672,14 @@ async fn drain_pipeline(
         for item in queued.drain(..) {
             match item {
                 Queued::Push(push) => pushes.push(push),
+                Queued::MovedAck(user) => {
+                    let sent = pushes.len() + 1;
+                    send_pushes(&sdk, &gateway, std::mem::take(&mut pushes)).await;
+                    if let Some(link) = sdk.links.get(&gateway) {
+                        link.moved_ack(user);
+                    }
+                    pending.fetch_sub(sent, Ordering::AcqRel);
+                }
                 Queued::Flush(done) => {
                     let sent = pushes.len();
                     send_pushes(&sdk, &gateway, std::mem::take(&mut pushes)).await;
@@ -611,6 +708,7 @@ async fn send_pushes(sdk: &Sdk, gateway: &NodeId, pushes: Vec<pb::PushRequest>) 
                 route: push.route,
                 payload: push.payload,
                 user_ids: push.user_ids,
+                to_every_gateway: push.to_every_gateway,
             };
             if let Err(refused) = link.push(delivery) {
                 warn!(%gateway, ?refused, "push to gateway dropped: its link does not take it");
@@ -691,6 +789,7 @@ mod tests {
             route: 1,
             payload: Bytes::from(vec![0; bytes]),
             local_only: true,
+            to_every_gateway: false,
         }
     }
 
@@ -729,10 +828,14 @@ mod tests {
     #[test]
     fn a_push_goes_to_the_recipients_gateways_or_everywhere_when_one_is_unknown() {
         let gateways = vec![NodeId::new("g1"), NodeId::new("g2"), NodeId::new("g3")];
-        let check = |recipients: Vec<Recipient>, expected: &[&str]| {
-            let targets = push_targets(&recipients, gateways.clone());
+        let check = |recipients: Vec<Recipient>, expected: &[&str], everywhere: bool| {
+            let (targets, to_every) = push_targets(&recipients, gateways.clone());
             let targets: Vec<&str> = targets.iter().map(NodeId::as_str).collect();
-            assert_eq!(targets, expected, "{recipients:?}");
+            assert_eq!(
+                (targets, to_every),
+                (expected.to_vec(), everywhere),
+                "{recipients:?}"
+            );
         };
         check(
             vec![
@@ -740,6 +843,7 @@ mod tests {
                 Recipient::at("b", NodeId::new("g2")),
             ],
             &["g2"],
+            false,
         );
         check(
             vec![
@@ -747,15 +851,18 @@ mod tests {
                 Recipient::at("b", NodeId::new("g1")),
             ],
             &["g1", "g3"],
+            false,
         );
         check(
             vec![Recipient::at("a", NodeId::new("g1")), Recipient::from("b")],
             &["g1", "g2", "g3"],
+            true,
         );
         // A gateway that is no longer a member: the user may have moved anywhere.
         check(
             vec![Recipient::at("a", NodeId::new("gone"))],
             &["g1", "g2", "g3"],
+            true,
         );
     }
 

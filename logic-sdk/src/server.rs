@@ -334,6 +334,10 @@ impl<S: Clone + Send + Sync + 'static> Handle for LogicService<S> {
         })
     }
 
+    fn moved(&self, moved: pb::Moved, gateway: &NodeId, down: &Arc<link::Down>) {
+        self.sdk.user_moved(moved, gateway, down);
+    }
+
     fn closed(&self, ended: pb::SessionEnded) -> BoxFuture<'static, ()> {
         let Some(handler) = &self.on_closed else {
             return Box::pin(std::future::ready(()));

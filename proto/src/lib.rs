@@ -39,6 +39,15 @@ pub mod gateway {
     }
 }
 
+/// Operating a node: drain, undrain, status.
+pub mod admin {
+    /// Version 1 of the admin service.
+    pub mod v1 {
+        #![allow(missing_docs, unreachable_pub, clippy::all)] // generated code
+        tonic::include_proto!("switchyard.admin.v1");
+    }
+}
+
 /// Rooms: client requests, pushes, and the mesh messages of room servers.
 pub mod room {
     /// Version 1 of the room messages.

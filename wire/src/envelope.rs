@@ -101,6 +101,13 @@ pub fn code_name(status: u32) -> &'static str {
             ErrorCode::Kicked => "kicked",
             ErrorCode::AlreadyLoggedIn => "already_logged_in",
             ErrorCode::ResponseTooLarge => "response_too_large",
+            ErrorCode::TokenInvalid => "token_invalid",
+            ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::TokenReused => "token_reused",
+            ErrorCode::TokenWrongUser => "token_wrong_user",
+            ErrorCode::TokenWrongCluster => "token_wrong_cluster",
+            ErrorCode::SessionGone => "session_gone",
+            ErrorCode::MigrationUnavailable => "migration_unavailable",
         },
         Err(_) => "app",
     }
