@@ -107,6 +107,7 @@ async fn bind(gateway: &TestGateway, user: &str, node: &str) {
             user_ids: vec![user.into()],
             node_ids: vec![node.into()],
             local_only: false,
+            ..Default::default()
         })
         .await
         .expect("bind");

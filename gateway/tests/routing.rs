@@ -23,6 +23,7 @@ async fn bind(
         user_ids: users.iter().map(ToString::to_string).collect(),
         node_ids: nodes.iter().map(ToString::to_string).collect(),
         local_only: false,
+        ..Default::default()
     };
     client.bind(request).await.map(tonic::Response::into_inner)
 }

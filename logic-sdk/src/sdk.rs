@@ -431,6 +431,8 @@ impl Sdk {
             user_ids: user_ids.to_vec(),
             node_ids: nodes.iter().map(ToString::to_string).collect(),
             local_only: true,
+            wills: Vec::new(),
+            revoke_wills: Vec::new(),
         };
         self.everywhere(user_ids, |mut client| {
             let request = request.clone();
