@@ -5,7 +5,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU32, Ordering},
+        atomic::{AtomicU32, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -13,6 +13,7 @@ use std::{
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use prost::Message;
+use proto::client::v1::{Resumed, SessionInfo};
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 use wire::{Envelope, ErrorCode, FrameError, Kind, envelope};
@@ -71,7 +72,7 @@ pub enum ClientError {
 }
 
 /// A response to one request.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Response {
     /// The route requested.
     pub route: u32,
@@ -81,6 +82,24 @@ pub struct Response {
     pub error: String,
     /// The payload.
     pub payload: Bytes,
+    /// The answer to a login (or a resume): what resuming the session takes.
+    pub session: Option<SessionInfo>,
+    /// The answer to a resume.
+    pub resumed: Option<Resumed>,
+}
+
+/// What a client keeps to resume its session after its connection drops
+/// ([`Client::resume_ticket`], [`Client::resume`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResumeTicket {
+    /// The user the session belongs to.
+    pub user_id: String,
+    /// The session.
+    pub session_id: u64,
+    /// The newest resume token (each is good for one resume).
+    pub token: String,
+    /// The seq of the last push received.
+    pub last_seq: u64,
 }
 
 impl Response {
@@ -112,7 +131,7 @@ pub struct Push {
 }
 
 /// Things that happen to a connection, in order.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Event {
     /// A server push.
     Push(Push),
@@ -161,6 +180,14 @@ impl Events {
 
 type Pending = Arc<Mutex<HashMap<u32, oneshot::Sender<Response>>>>;
 
+/// What the reader learns that a resume needs: the newest session info, and the last push.
+#[derive(Default)]
+struct SessionTrack {
+    /// The session info of the newest login or resume answer.
+    info: Mutex<Option<SessionInfo>>,
+    last_seq: AtomicU64,
+}
+
 /// A connection to a gateway. Cloning shares the connection.
 #[derive(Clone)]
 pub struct Client {
@@ -169,6 +196,7 @@ pub struct Client {
     next_id: Arc<AtomicU32>,
     config: ClientConfig,
     reader: Arc<ReaderGuard>,
+    track: Arc<SessionTrack>,
 }
 
 impl Client {
@@ -189,15 +217,18 @@ impl Client {
                 reason: e.to_string(),
             })?;
         let pending: Pending = Arc::default();
+        let track = Arc::new(SessionTrack::default());
         let (events_tx, events_rx) = mpsc::channel(config.event_buffer.max(1));
         let sink = Arc::new(tokio::sync::Mutex::new(sink));
-        let reader = tokio::spawn(read_loop(stream, pending.clone(), events_tx)).abort_handle();
+        let reader = tokio::spawn(read_loop(stream, pending.clone(), events_tx, track.clone()))
+            .abort_handle();
         let client = Client {
             sink,
             pending,
             next_id: Arc::new(AtomicU32::new(1)),
             config,
             reader: Arc::new(ReaderGuard(reader)),
+            track,
         };
         if let Some(every) = client.config.heartbeat {
             let weak = Arc::downgrade(&client.sink);
@@ -222,19 +253,57 @@ impl Client {
         Ok((client, Events(events_rx)))
     }
 
+    /// Connects and resumes the session `ticket` names (a dropped connection's): the answer
+    /// says whether every push after `ticket.last_seq` follows (`resumed.resumed`), and the
+    /// events start with them. A refused resume (an error status: the token's code, or
+    /// `SESSION_GONE`) leaves the connection open without a session; log in again on it.
+    pub async fn resume(
+        address: Address,
+        config: ClientConfig,
+        ticket: &ResumeTicket,
+    ) -> Result<(Client, Events, Response), ClientError> {
+        let (client, events) = Self::connect_with(address, config).await?;
+        let msg_id = client.next_msg_id();
+        let resume = envelope::resume(msg_id, &ticket.token, ticket.last_seq, &ticket.user_id);
+        // Pushes replayed after the answer continue from the client's last one.
+        client
+            .track
+            .last_seq
+            .store(ticket.last_seq, Ordering::Relaxed);
+        let response = client.exchange(msg_id, envelope::encode(&resume)).await?;
+        Ok((client, events, response))
+    }
+
+    /// What resuming this connection's session takes, once it is logged in (or resumed): the
+    /// newest token and the last push received.
+    pub fn resume_ticket(&self) -> Option<ResumeTicket> {
+        let info = lock(&self.track.info);
+        let session = info.as_ref()?;
+        Some(ResumeTicket {
+            user_id: session.user_id.clone(),
+            session_id: session.session_id,
+            token: session.resume_token.clone(),
+            last_seq: self.track.last_seq.load(Ordering::Relaxed),
+        })
+    }
+
     /// Sends a request and waits for its response.
     pub async fn request(
         &self,
         route: u32,
         payload: impl Into<Bytes>,
     ) -> Result<Response, ClientError> {
-        let msg_id = loop {
+        let msg_id = self.next_msg_id();
+        self.request_with_id(msg_id, route, payload).await
+    }
+
+    fn next_msg_id(&self) -> u32 {
+        loop {
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             if id != 0 {
-                break id;
+                return id;
             }
-        };
-        self.request_with_id(msg_id, route, payload).await
+        }
     }
 
     /// Sends a request with a message id of the caller's choosing (ids must be unique among
@@ -245,9 +314,14 @@ impl Client {
         route: u32,
         payload: impl Into<Bytes>,
     ) -> Result<Response, ClientError> {
+        let frame = envelope::encode(&envelope::request(msg_id, route, payload.into()));
+        self.exchange(msg_id, frame).await
+    }
+
+    /// Sends `frame` (carrying `msg_id`) and waits for the response with that id.
+    async fn exchange(&self, msg_id: u32, frame: Bytes) -> Result<Response, ClientError> {
         let (tx, rx) = oneshot::channel();
         self.lock_pending().insert(msg_id, tx);
-        let frame = envelope::encode(&envelope::request(msg_id, route, payload.into()));
         if let Err(error) = self.send_frame(frame).await {
             self.lock_pending().remove(&msg_id);
             return Err(error);
@@ -272,9 +346,22 @@ impl Client {
             .map_err(|e| ClientError::Send(e.to_string()))
     }
 
-    /// Closes the connection.
+    /// Ends the session (GOODBYE: rooms and queues are told at once, nothing is held for a
+    /// resume) and closes the connection.
     pub async fn close(&self) {
-        let _ = self.sink.lock().await.close().await;
+        let mut sink = self.sink.lock().await;
+        let _ = sink.send(envelope::encode(&envelope::goodbye())).await;
+        let _ = sink.close().await;
+    }
+
+    /// Drops the connection without a goodbye, as a network failure would: the gateway holds
+    /// the session for its resume window ([`Client::resume`]).
+    pub async fn drop_connection(&self) {
+        self.reader.0.abort();
+        // Dropping the sink's half (the reader's went with its task) closes the socket.
+        *self.sink.lock().await = Box::pin(
+            futures::sink::drain().sink_map_err(|never: std::convert::Infallible| match never {}),
+        );
     }
 
     /// Stops reading from the socket, as a stuck client would (responses and events stop
@@ -284,13 +371,22 @@ impl Client {
     }
 
     fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashMap<u32, oneshot::Sender<Response>>> {
-        self.pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.pending)
     }
 }
 
-async fn read_loop(mut stream: FrameStream, pending: Pending, events: mpsc::Sender<Event>) {
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+async fn read_loop(
+    mut stream: FrameStream,
+    pending: Pending,
+    events: mpsc::Sender<Event>,
+    track: Arc<SessionTrack>,
+) {
     let reason = loop {
         let frame = match stream.next().await {
             None => break "connection closed".to_owned(),
@@ -298,6 +394,7 @@ async fn read_loop(mut stream: FrameStream, pending: Pending, events: mpsc::Send
                 debug!(what, "ignoring an unsupported frame");
                 continue;
             }
+            Some(Err(FrameError::Closed)) => break "connection closed".to_owned(),
             Some(Err(error)) => break error.to_string(),
             Some(Ok(frame)) => frame,
         };
@@ -311,11 +408,20 @@ async fn read_loop(mut stream: FrameStream, pending: Pending, events: mpsc::Send
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .remove(&envelope.msg_id);
+                let info = envelope
+                    .session
+                    .clone()
+                    .or_else(|| envelope.resumed.as_ref().and_then(|r| r.session.clone()));
+                if let Some(info) = info {
+                    *lock(&track.info) = Some(info);
+                }
                 let response = Response {
                     route: envelope.route,
                     status: envelope.status,
                     error: envelope.error,
                     payload: envelope.payload,
+                    session: envelope.session,
+                    resumed: envelope.resumed,
                 };
                 match waiter {
                     Some(waiter) => {
@@ -325,11 +431,14 @@ async fn read_loop(mut stream: FrameStream, pending: Pending, events: mpsc::Send
                     None => Event::Unsolicited(response),
                 }
             }
-            Ok(Kind::Push) => Event::Push(Push {
-                route: envelope.route,
-                seq: envelope.seq,
-                payload: envelope.payload,
-            }),
+            Ok(Kind::Push) => {
+                track.last_seq.store(envelope.seq, Ordering::Relaxed);
+                Event::Push(Push {
+                    route: envelope.route,
+                    seq: envelope.seq,
+                    payload: envelope.payload,
+                })
+            }
             Ok(Kind::Kick) => {
                 let kick = envelope.kick.unwrap_or_default();
                 Event::Kicked {

@@ -20,6 +20,9 @@
 mod connection;
 mod transport;
 
-pub use connection::{Client, ClientConfig, ClientError, Event, Events, Push, Response};
+pub use connection::{
+    Client, ClientConfig, ClientError, Event, Events, Push, Response, ResumeTicket,
+};
+pub use proto::client::v1::{Resumed, SessionInfo};
 pub use transport::Address;
 pub use wire::ErrorCode;

@@ -100,7 +100,9 @@ fn read_all(max: usize, stream: &[u8], read_size: usize) -> Vec<Output> {
                 outputs.push(Output::TooLarge);
             }
             Some(Err(FrameError::Transport(_))) => outputs.push(Output::Transport),
-            None => {}
+            // A close frame ends the stream the way the old `None` did; the reader goes on
+            // until tungstenite reports the end.
+            Some(Err(FrameError::Closed)) | None => {}
         }
         if failed {
             return outputs;

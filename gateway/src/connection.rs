@@ -14,6 +14,7 @@ use tracing::{Instrument, debug, info, info_span};
 use wire::{Envelope, ErrorCode, FrameError, Kind, envelope};
 
 use crate::{
+    conn::{Conn, Ending},
     gateway::Gateway,
     outbox::{Outbound, PushFrame},
     refusal::Refusal,
@@ -70,24 +71,26 @@ pub(crate) async fn serve(
         return;
     }
     ::metrics::counter!(crate::metrics::CONNECTIONS, "transport" => transport, "outcome" => "accepted").increment(1);
-    let id = gateway.sessions.next_id();
+    let id = gateway.sessions.new_id();
     let span = info_span!("session", node = %gateway.node_id, session = id, %peer, transport, user = tracing::field::Empty);
-    let session = Session::new(id, &gateway.limits.session, span.clone());
+    let conn = Conn::new(&gateway.limits.conn, span.clone());
+    let session = Session::new(id, gateway.limits.session, conn.clone());
     async {
         let count = gateway.sessions.insert(session.clone());
         gateway.sessions_changed(count);
         debug!("session opened");
         let writer = gateway
             .tracker
-            .spawn(write_loop(sink, session.clone()).in_current_span());
-        read_loop(&gateway, &session, &mut stream).await;
-        let count = gateway.sessions.remove(&session);
-        gateway.sessions_changed(count);
-        gateway.session_closed(&session);
-        session.close("session ended");
+            .spawn(write_loop(sink, conn.clone()).in_current_span());
+        // A RESUME swaps the session this connection carries.
+        let session = read_loop(&gateway, &conn, session, &mut stream).await;
+        if !conn.is_ending() {
+            conn.close_as(Ending::Dropped, "client closed the connection");
+        }
+        gateway.connection_ended(&conn, &session);
         let _ = tokio::time::timeout(LAST_WORDS * 2, writer).await;
         linger(&mut stream).await;
-        info!(user = session.user().as_deref().unwrap_or(""), reason = %session.end_reason(), "session closed");
+        info!(user = session.user().as_deref().unwrap_or(""), ending = ?conn.ending(), reason = %conn.end_reason(), "connection closed");
     }
     .instrument(span)
     .await;
@@ -112,72 +115,99 @@ async fn linger(stream: &mut FrameStream) {
     .await;
 }
 
-async fn read_loop(gateway: &Arc<Gateway>, session: &Arc<Session>, stream: &mut FrameStream) {
+/// Reads the connection until it ends; returns the session it carried last.
+async fn read_loop(
+    gateway: &Arc<Gateway>,
+    conn: &Arc<Conn>,
+    mut session: Arc<Session>,
+    stream: &mut FrameStream,
+) -> Arc<Session> {
     let idle = gateway.limits.idle_timeout;
     let mut deadline = Instant::now() + idle;
     loop {
         let frame = tokio::select! {
-            _ = session.stop.cancelled() => return,
-            // Drain: no new requests; the session stays until drain kicks it.
-            _ = session.quiesce.cancelled() => {
-                session.stop.cancelled().await;
-                return;
+            _ = conn.stop.cancelled() => return session,
+            // Drain: no new requests; the connection stays until drain kicks it.
+            _ = conn.quiesce.cancelled() => {
+                conn.stop.cancelled().await;
+                return session;
             }
             _ = tokio::time::sleep_until(deadline) => {
-                session.kick(ErrorCode::IdleTimeout, "no traffic within the idle timeout");
-                return;
+                // A silent client may be one whose network is gone: its session is held.
+                let reason = "no traffic within the idle timeout";
+                conn.end_with(Ending::Dropped, reason, &envelope::kick(ErrorCode::IdleTimeout as u32, reason));
+                return session;
             }
             frame = stream.next() => frame,
         };
         let bytes = match frame {
-            None => return session.close("client closed the connection"),
+            None => {
+                conn.close_as(
+                    Ending::Dropped,
+                    "client closed the connection without a goodbye",
+                );
+                return session;
+            }
+            Some(Err(FrameError::Closed)) => {
+                conn.close_as(Ending::Goodbye, "client closed the connection");
+                return session;
+            }
             Some(Ok(bytes)) => bytes,
             Some(Err(FrameError::TooLarge { size, max })) => {
                 bad_frame("too_large");
                 debug!(size, max, "frame over the size limit");
-                refusal(session, 0, 0, Refusal::TooLarge);
-                return session.close_with(ErrorCode::TooLarge as u32, "frame over the size limit");
+                refusal(conn, 0, 0, Refusal::TooLarge);
+                conn.close_as(
+                    Ending::Kicked(ErrorCode::TooLarge as u32),
+                    "frame over the size limit",
+                );
+                return session;
             }
             Some(Err(FrameError::Unsupported(_))) => {
                 bad_frame("unsupported");
-                refusal(session, 0, 0, Refusal::TextMessage);
+                refusal(conn, 0, 0, Refusal::TextMessage);
                 continue;
             }
             Some(Err(FrameError::Transport(reason))) => {
                 debug!(%reason, "transport error");
-                return session.close("transport error");
+                conn.close_as(Ending::Dropped, "transport error");
+                return session;
             }
         };
         deadline = Instant::now() + idle;
         let Ok(request) = Envelope::decode(bytes) else {
             bad_frame("undecodable");
-            refusal(session, 0, 0, Refusal::Undecodable);
+            refusal(conn, 0, 0, Refusal::Undecodable);
             continue;
         };
         match Kind::try_from(request.kind) {
-            Ok(Kind::Request) if request.msg_id == 0 => {
+            Ok(Kind::Request | Kind::Resume) if request.msg_id == 0 => {
                 bad_frame("reserved_msg_id");
-                refusal(session, 0, request.route, Refusal::ReservedMessageId);
+                refusal(conn, 0, request.route, Refusal::ReservedMessageId);
             }
-            Ok(Kind::Request) => dispatch(gateway, session, request).await,
+            Ok(Kind::Request) => dispatch(gateway, conn, &session, request).await,
+            Ok(Kind::Resume) => {
+                if let Some(resumed) = gateway.resume(conn, &session, request) {
+                    session = resumed;
+                }
+            }
+            Ok(Kind::Goodbye) => {
+                conn.close_as(Ending::Goodbye, "client said goodbye");
+                return session;
+            }
             Ok(Kind::Heartbeat) => {
-                session.send(&envelope::heartbeat());
+                conn.send(&envelope::heartbeat());
             }
             _ => {
                 bad_frame("unexpected_kind");
-                refusal(
-                    session,
-                    request.msg_id,
-                    request.route,
-                    Refusal::UnexpectedKind,
-                );
+                refusal(conn, request.msg_id, request.route, Refusal::UnexpectedKind);
             }
         }
     }
 }
 
-fn refusal(session: &Session, msg_id: u32, route: u32, refusal: Refusal) {
-    session.send(&envelope::error(
+fn refusal(conn: &Conn, msg_id: u32, route: u32, refusal: Refusal) {
+    conn.send(&envelope::error(
         msg_id,
         route,
         refusal.code(),
@@ -189,35 +219,40 @@ fn bad_frame(reason: &'static str) {
     ::metrics::counter!(crate::metrics::BAD_FRAMES, "reason" => reason).increment(1);
 }
 
-/// Starts one request. Waits (and so stops reading) while the session has its maximum of
+/// Starts one request. Waits (and so stops reading) while the connection has its maximum of
 /// requests in flight.
-async fn dispatch(gateway: &Arc<Gateway>, session: &Arc<Session>, request: Envelope) {
+async fn dispatch(
+    gateway: &Arc<Gateway>,
+    conn: &Arc<Conn>,
+    session: &Arc<Session>,
+    request: Envelope,
+) {
     let (msg_id, route) = (request.msg_id, request.route);
-    if !session.allow_request() {
-        refusal(session, msg_id, route, Refusal::RateLimited);
+    if !conn.allow_request() {
+        refusal(conn, msg_id, route, Refusal::RateLimited);
         return;
     }
-    if !session.begin_request(msg_id) {
-        refusal(session, msg_id, route, Refusal::DuplicateMessageId);
+    if !conn.begin_request(msg_id) {
+        refusal(conn, msg_id, route, Refusal::DuplicateMessageId);
         return;
     }
     let permit = tokio::select! {
-        permit = session.permits.clone().acquire_owned() => permit,
-        _ = session.stop.cancelled() => return,
+        permit = conn.permits.clone().acquire_owned() => permit,
+        _ = conn.stop.cancelled() => return,
     };
     let Ok(permit) = permit else { return };
-    gateway.start_request(session, request, permit);
+    gateway.start_request(conn, session, request, permit);
 }
 
-/// Writes the session's queue to the socket, batching what is queued between flushes.
-async fn write_loop(sink: FrameSink, session: Arc<Session>) {
-    write_queue(sink, &session).await;
+/// Writes the connection's queue to the socket, batching what is queued between flushes.
+async fn write_loop(sink: FrameSink, conn: Arc<Conn>) {
+    write_queue(sink, &conn).await;
     // Whatever ended the writer, nothing more is queued for this connection.
-    session.outbox().close();
+    conn.outbox().close();
 }
 
-async fn write_queue(mut sink: FrameSink, session: &Session) {
-    let outbound = session.outbox();
+async fn write_queue(mut sink: FrameSink, conn: &Conn) {
+    let outbound = conn.outbox();
     let max_age = outbound.max_age();
     // Once the session is ending, its last frames (a kick) get LAST_WORDS in all.
     let mut last_words_until = None;
@@ -242,7 +277,7 @@ async fn write_queue(mut sink: FrameSink, session: &Session) {
             }
             sink.flush().await
         };
-        if session.is_ending() && last_words_until.is_none() {
+        if conn.is_ending() && last_words_until.is_none() {
             last_words_until = Some(Instant::now() + LAST_WORDS);
         }
         // A client whose socket takes nothing for the age limit is not reading.
@@ -254,16 +289,16 @@ async fn write_queue(mut sink: FrameSink, session: &Session) {
             Ok(Ok(())) => break,
             Ok(Err(error)) => {
                 debug!(%error, "write failed");
-                session.close("write failed");
+                conn.close_as(Ending::Dropped, "write failed");
                 return;
             }
             Err(_) if last_words_until.is_some() => return,
             // Its backlog is dropped and the kick queued: try to get that out.
-            Err(_) => session.drop_slow_consumer(),
+            Err(_) => conn.drop_slow_consumer(),
         }
     }
     let _ = tokio::time::timeout(LAST_WORDS, async {
-        let _ = sink.send(Outgoing::Close(session.end_code())).await;
+        let _ = sink.send(Outgoing::Close(conn.end_code())).await;
         let _ = sink.close().await;
     })
     .await;

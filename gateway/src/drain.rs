@@ -32,8 +32,8 @@ impl Gateway {
             "draining: telling clients this gateway is going offline"
         );
         let offline = envelope::offline(grace.as_millis() as u64);
-        for session in &sessions {
-            session.send(&offline);
+        for conn in sessions.iter().filter_map(|session| session.conn()) {
+            conn.send(&offline);
         }
         drop(sessions);
         if !self.wait_until_empty(deadline).await {
@@ -44,8 +44,13 @@ impl Gateway {
             );
             let request_timeout = self.limits.request_timeout;
             join_all(remaining.into_iter().map(|session| async move {
-                session.quiesce.cancel();
-                if tokio::time::timeout(request_timeout, session.requests_done())
+                // A session held for a resume has nobody to tell: it ends.
+                let Some(conn) = session.conn() else {
+                    self.end_session(&session, "shutdown", "gateway shutting down");
+                    return;
+                };
+                conn.quiesce.cancel();
+                if tokio::time::timeout(request_timeout, conn.requests_done())
                     .await
                     .is_err()
                 {
@@ -54,7 +59,7 @@ impl Gateway {
                         "requests still in flight at the drain kick"
                     );
                 }
-                session.kick(ErrorCode::ServerDraining, "gateway shutting down");
+                conn.kick(ErrorCode::ServerDraining, "gateway shutting down");
             }))
             .await;
         }

@@ -21,7 +21,7 @@ use crate::{
     binding::Binding,
     gateway::{Gateway, now_ms},
     refusal::Refusal,
-    session::{Effects, Session},
+    session::{Effects, Session, Will},
     sessions::Login,
 };
 
@@ -44,6 +44,8 @@ impl Gateway {
             return Ok(());
         }
         let mut effects = Effects::default();
+        // The node a will is for: the one this answer binds the user to, else this one.
+        let mut will_node = node.clone();
         if let Some(change) = &reply.bind_me {
             let mode = BindMode::try_from(change.mode).unwrap_or(BindMode::Unspecified);
             let ids: Vec<NodeId> = change
@@ -51,6 +53,11 @@ impl Gateway {
                 .iter()
                 .map(|id| NodeId::new(id.as_str()))
                 .collect();
+            if matches!(mode, BindMode::Cover | BindMode::Append)
+                && let Some(first) = ids.first()
+            {
+                will_node = first.clone();
+            }
             match self.bindings_for(mode, &ids) {
                 Ok(bindings) => effects.bind = Some((mode, bindings)),
                 Err(refused) => {
@@ -62,6 +69,11 @@ impl Gateway {
         effects.attributes = reply.set_attributes.clone();
         if reply.watch_session {
             effects.watch = Some(node.clone());
+        }
+        if !reply.wills.is_empty() || !reply.revoke_wills.is_empty() {
+            effects.wills = wills_of(&will_node, &reply.wills);
+            effects.revoke_wills = reply.revoke_wills.clone();
+            effects.will_node = Some(will_node);
         }
         session.apply(effects);
         Ok(())
@@ -90,7 +102,11 @@ impl Gateway {
     /// Attaches a user to a session. An older session of the same user is kicked, here or on
     /// any other gateway, before the login response goes out; if another gateway holds a newer
     /// one, this login loses (`LOGGED_IN_ELSEWHERE`) and this session is kicked instead.
-    pub(crate) async fn login(&self, session: &Arc<Session>, user: &str) -> Result<(), Refusal> {
+    pub(crate) async fn login(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        user: &str,
+    ) -> Result<(), Refusal> {
         if user.len() > MAX_USER_ID_BYTES {
             warn!(
                 session = session.id,
@@ -106,12 +122,15 @@ impl Gateway {
             return Ok(());
         };
         if let Some(displaced) = displaced {
-            displaced.kick(
-                ErrorCode::LoggedInElsewhere,
+            self.kick_session(
+                &displaced,
+                ErrorCode::LoggedInElsewhere as u32,
                 "logged in from another connection",
             );
         }
-        session.span.record("user", user);
+        if let Some(conn) = session.conn() {
+            conn.span.record("user", user);
+        }
         let kick = pb::KickRequest {
             user_ids: vec![user.to_owned()],
             code: ErrorCode::LoggedInElsewhere as u32,
@@ -152,4 +171,17 @@ impl Gateway {
         info!(session = session.id, user, "logged in");
         Ok(())
     }
+}
+
+/// The wills `node` left, as the session keeps them (each payload shared, not copied).
+pub(crate) fn wills_of(node: &NodeId, wills: &[proto::logic::v1::Will]) -> Vec<Will> {
+    wills
+        .iter()
+        .map(|will| Will {
+            node: node.clone(),
+            key: will.key.clone(),
+            route: will.route,
+            payload: will.payload.clone(),
+        })
+        .collect()
 }

@@ -2,7 +2,11 @@
 //! that act on it live in their own files: `request.rs` (the request path), `effects.rs` (what
 //! a logic response asks of a session, login included), `drain.rs`, `service.rs`.
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{
+    collections::HashSet,
+    sync::{Arc, atomic::AtomicI64},
+    time::Duration,
+};
 
 use bytes::Bytes;
 use mesh::{Mesh, NodeId, NodeKind};
@@ -10,10 +14,13 @@ use proto::logic::v1::SessionEnded;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
+    conn::ConnLimits,
+    hold::ResumeSettings,
     link::Links,
     router::Router,
     session::{Session, SessionLimits},
     sessions::Sessions,
+    token::Tokens,
 };
 
 /// Settings of the request path.
@@ -23,6 +30,7 @@ pub(crate) struct Limits {
     pub(crate) idle_timeout: Duration,
     pub(crate) request_timeout: Duration,
     pub(crate) session: SessionLimits,
+    pub(crate) conn: ConnLimits,
     pub(crate) fallback_routes: HashSet<u32>,
     pub(crate) max_sessions: u64,
     /// Kernel send buffer of each client socket (bytes).
@@ -61,13 +69,23 @@ pub(crate) struct Gateway {
     /// The links to logic nodes.
     pub(crate) links: Links,
     pub(crate) metrics: HotMetrics,
+    /// Makes and checks resume tokens.
+    pub(crate) tokens: Tokens,
+    pub(crate) resume: ResumeSettings,
+    /// Sessions held without a connection.
+    pub(crate) detached: AtomicI64,
 }
 
 /// Time a gateway has to answer a call forwarded from another gateway.
 pub(crate) const FORWARD_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Gateway {
-    pub(crate) fn new(mesh: Mesh, limits: Limits) -> Arc<Self> {
+    pub(crate) fn new(
+        mesh: Mesh,
+        limits: Limits,
+        tokens: Tokens,
+        resume: ResumeSettings,
+    ) -> Arc<Self> {
         Arc::new(Self {
             node_id: mesh.cluster().self_id(),
             mesh,
@@ -78,6 +96,9 @@ impl Gateway {
             stopping: CancellationToken::new(),
             links: Links::default(),
             metrics: HotMetrics::new(),
+            tokens,
+            resume,
+            detached: AtomicI64::new(0),
         })
     }
 
@@ -101,7 +122,7 @@ impl Gateway {
 
     /// Tells bound and watching logic nodes that a session closed, each down its link after
     /// the session's last calls to it.
-    pub(crate) fn session_closed(self: &Arc<Self>, session: &Session) {
+    pub(crate) fn session_closed(self: &Arc<Self>, session: &Session, reason: &str) {
         let (user, nodes) = {
             let state = session.state();
             let mut nodes: Vec<NodeId> = state.bindings.iter().map(|b| b.node.clone()).collect();
@@ -117,7 +138,7 @@ impl Gateway {
             session_id: session.id,
             user_id: user.as_deref().unwrap_or_default().to_owned(),
             gateway_node: self.node_id.to_string(),
-            reason: session.end_reason(),
+            reason: reason.to_owned(),
         };
         for node in nodes {
             self.send_closed(&node, closed.clone());

@@ -20,10 +20,12 @@
 //!   gateways). [`metrics`]: metric names.
 
 mod binding;
+mod conn;
 mod connection;
 mod drain;
 mod effects;
 mod gateway;
+mod hold;
 mod link;
 pub mod metrics;
 mod outbox;
@@ -33,6 +35,7 @@ mod router;
 mod service;
 mod session;
 mod sessions;
+mod token;
 mod transport;
 
 use std::{
@@ -51,10 +54,13 @@ use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
+    conn::ConnLimits,
     gateway::{Gateway, Limits},
+    hold::ResumeSettings,
     outbox::OutboxLimits,
     service::GatewayService,
     session::SessionLimits,
+    token::Tokens,
 };
 
 /// Where the gateway's cluster listeners go unless configured otherwise.
@@ -136,6 +142,24 @@ pub struct Config {
     /// Sessions this gateway accepts (0 = unlimited); published as its capacity.
     #[arg(long, env = "SWITCHYARD_MAX_SESSIONS", default_value_t = 0)]
     pub max_sessions: u64,
+
+    /// How long a session whose connection dropped without a goodbye is held for a resume,
+    /// in ms (its bindings and rooms kept; rooms and queues are told when it passes).
+    /// 0: a dropped connection ends its session at once.
+    #[arg(long, env = "SWITCHYARD_RESUME_WINDOW_MS", default_value_t = 30_000)]
+    pub resume_window_ms: u64,
+
+    /// Most pushes each session keeps for a resume (the newest are kept).
+    #[arg(long, env = "SWITCHYARD_REPLAY_MAX_PUSHES", default_value_t = 256)]
+    pub replay_max_pushes: usize,
+
+    /// Most payload bytes of pushes each session keeps for a resume.
+    #[arg(long, env = "SWITCHYARD_REPLAY_MAX_BYTES", default_value_t = 64 << 10)]
+    pub replay_max_bytes: usize,
+
+    /// How long a resume token is good for, in ms (each resume answer brings a new one).
+    #[arg(long, env = "SWITCHYARD_RESUME_TOKEN_TTL_MS", default_value_t = 24 * 3_600_000)]
+    pub resume_token_ttl_ms: u64,
 }
 
 /// Parses `cmd:sub` or a plain (decimal or 0x-hex) route id.
@@ -251,7 +275,13 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<Runni
         record.load.capacity = config.max_sessions;
     })
     .await?;
-    let gateway = Gateway::new(node.mesh().clone(), limits);
+    let tokens = Tokens::new(&config.node.cluster_id, &config.node.cluster_secret);
+    let resume = ResumeSettings {
+        window: Duration::from_millis(config.resume_window_ms),
+        token_ttl: Duration::from_millis(config.resume_token_ttl_ms.max(1)),
+    };
+    let gateway = Gateway::new(node.mesh().clone(), limits, tokens, resume);
+    gateway.tracker.spawn(gateway.clone().follow_nodes());
     let service = node.authenticated(GatewayServer::new(GatewayService(gateway.clone())));
     node.serve(|routes| routes.add_service(service)).await?;
     tracing::info!(ws = %ws_addr, tcp = %tcp_addr, "gateway accepting clients");
@@ -331,6 +361,11 @@ fn limits(config: &Config) -> Limits {
         idle_timeout: Duration::from_millis(config.idle_timeout_ms.max(100)),
         request_timeout: Duration::from_millis(config.request_timeout_ms.max(1)),
         session: SessionLimits {
+            max_frame: config.max_frame_bytes,
+            held_pushes: config.replay_max_pushes,
+            held_bytes: config.replay_max_bytes,
+        },
+        conn: ConnLimits {
             max_frame: config.max_frame_bytes,
             outbox: OutboxLimits {
                 max_bytes: config.outbound_queue_bytes,

@@ -32,7 +32,7 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-use crate::{gateway::Gateway, session::Session};
+use crate::{conn::Conn, gateway::Gateway, session::Session};
 
 /// The metadata entry in which the gateway names itself when it opens a link.
 const NODE_HEADER: &str = "x-switchyard-node";
@@ -51,6 +51,8 @@ const RECONNECT_MAX: Duration = Duration::from_secs(1);
 /// A request handed to a link, waiting for its answer.
 pub(crate) struct Pending {
     pub(crate) session: Arc<Session>,
+    /// The connection the request came on (the answer goes there).
+    pub(crate) conn: Arc<Conn>,
     pub(crate) msg_id: u32,
     pub(crate) route: u32,
     /// The node called.

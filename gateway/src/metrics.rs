@@ -22,3 +22,16 @@ pub const SESSION_OBJECTS: &str = "switchyard_gateway_session_objects";
 /// Frames the gateway refused to send because they exceed the client frame limit, by reason
 /// (counter). Any count is a logic server asking for the impossible; nobody is disconnected.
 pub const FRAMES_REFUSED: &str = "switchyard_gateway_frames_refused_total";
+/// Sessions whose connection dropped without a goodbye and that were held for a resume
+/// (counter).
+pub const SESSIONS_HELD: &str = "switchyard_gateway_sessions_held_total";
+/// Sessions held now without a connection, waiting for a resume (gauge).
+pub const SESSIONS_DETACHED: &str = "switchyard_gateway_sessions_detached";
+/// Resume attempts, by outcome: `resumed` (every push replayed), `gap` (some were no longer
+/// held; the client was told), or the refusal's code name (counter).
+pub const RESUMES: &str = "switchyard_gateway_resumes_total";
+/// Sessions ended, by why: `goodbye`, `kicked`, `window_passed`, `replaced_login`,
+/// `shutdown` (counter).
+pub const SESSIONS_ENDED: &str = "switchyard_gateway_sessions_ended_total";
+/// Wills of gone nodes pushed to their sessions (counter).
+pub const WILLS_DELIVERED: &str = "switchyard_gateway_wills_delivered_total";

@@ -28,11 +28,12 @@ use tracing::{info, warn};
 use wire::{Envelope, envelope};
 
 use crate::{
+    conn::{Conn, truncate},
     gateway::Gateway,
     link::{Failure, Pending},
     refusal::Refusal,
     router::{self, Decision},
-    session::{Pushed, Session, truncate},
+    session::{Pushed, Session},
 };
 
 /// Longest error text of a logic server's answer passed to a client.
@@ -54,6 +55,7 @@ impl Gateway {
     /// refuses it, else handed to the node's link, which finishes it.
     pub(crate) fn start_request(
         self: &Arc<Self>,
+        conn: &Arc<Conn>,
         session: &Arc<Session>,
         request: Envelope,
         permit: OwnedSemaphorePermit,
@@ -63,7 +65,7 @@ impl Gateway {
         let target = match self.decide(session, route) {
             Ok(target) => target,
             Err(refusal) => {
-                return self.respond(session, msg_id, route, Err(refusal), permit, started);
+                return self.respond(conn, msg_id, route, Err(refusal), permit, started);
             }
         };
         let call = LogicRequest {
@@ -79,6 +81,7 @@ impl Gateway {
             .fetch_add(1, Ordering::Relaxed);
         let pending = Pending {
             session: session.clone(),
+            conn: conn.clone(),
             msg_id,
             route,
             node: target.node.clone(),
@@ -113,7 +116,8 @@ impl Gateway {
                     }
                     Failure::Gone if pending.bound => {
                         info!(session = pending.session.id, %node, "dropping the binding to a node that is gone");
-                        pending.session.drop_bindings(std::slice::from_ref(&node));
+                        let wills = pending.session.drop_bindings(std::slice::from_ref(&node));
+                        self.deliver_wills(&pending.session, wills);
                         Refusal::BoundNodeGone
                     }
                     Failure::Gone => Refusal::UpstreamUnreachable,
@@ -128,7 +132,9 @@ impl Gateway {
             let gateway = self.clone();
             self.tracker.spawn(async move {
                 let answer = match gateway.login(&pending.session, &reply.login_user_id).await {
-                    Ok(()) => gateway.answer(&pending, &node, reply),
+                    Ok(()) => gateway
+                        .answer(&pending, &node, reply)
+                        .and_then(|response| gateway.with_session_info(&pending, response)),
                     Err(refusal) => Err(refusal),
                 };
                 gateway.respond_pending(pending, answer);
@@ -163,29 +169,44 @@ impl Gateway {
             error,
             reply.payload,
         );
-        if !session.fits(&response) {
+        if !pending.conn.fits(&response) {
             warn!(session = session.id, %node, route = pending.route, "the logic server's answer exceeds the client frame limit");
             return Err(Refusal::ResponseTooLarge);
         }
         Ok(response)
     }
 
+    /// A login's answer, with what the client needs to resume the session.
+    fn with_session_info(
+        &self,
+        pending: &Pending,
+        mut response: Envelope,
+    ) -> Result<Envelope, Refusal> {
+        let session = &pending.session;
+        response.session = Some(self.session_info(session, session.epoch()));
+        if pending.conn.fits(&response) {
+            Ok(response)
+        } else {
+            Err(Refusal::ResponseTooLarge)
+        }
+    }
+
     fn respond_pending(&self, pending: Pending, answer: Result<Envelope, Refusal>) {
         let Pending {
-            session,
+            conn,
             msg_id,
             route,
             permit,
             started,
             ..
         } = pending;
-        self.respond(&session, msg_id, route, answer, permit, started);
+        self.respond(&conn, msg_id, route, answer, permit, started);
     }
 
     /// Answers a request: frees its message id, queues the response, frees its slot.
     fn respond(
         &self,
-        session: &Session,
+        conn: &Conn,
         msg_id: u32,
         route: u32,
         answer: Result<Envelope, Refusal>,
@@ -209,11 +230,11 @@ impl Gateway {
             .request_duration
             .record(started.elapsed().as_secs_f64());
         // Free the id before the client can see the response and reuse it.
-        session.end_request(msg_id);
-        session.send(&response);
+        conn.end_request(msg_id);
+        conn.send(&response);
         if let Some(refusal) = then_kick {
             // The session lost a login race.
-            session.kick(refusal.code(), refusal.text());
+            conn.kick(refusal.code(), refusal.text());
         }
         drop(permit);
     }
@@ -249,7 +270,8 @@ impl Gateway {
         };
         if !gone.is_empty() {
             info!(session = session.id, nodes = ?gone, "dropping bindings to nodes that are gone");
-            session.drop_bindings(&gone);
+            let wills = session.drop_bindings(&gone);
+            self.deliver_wills(session, wills);
         }
         match decision {
             Decision::Send { node, bound } => {

@@ -15,6 +15,7 @@ use tracing::warn;
 use wire::ErrorCode;
 
 use crate::{
+    effects::wills_of,
     gateway::{FORWARD_TIMEOUT, Gateway},
     session::Pushed,
     sessions::{LoginStamp, Older},
@@ -130,12 +131,22 @@ impl gateway_server::Gateway for GatewayService {
                 NotOnline::Unknown(_) => Status::invalid_argument(refused.to_string()),
                 NotOnline::Draining(_) => Status::failed_precondition(refused.to_string()),
             })?;
+        // Wills are kept for the first node bound (with COVER or APPEND).
+        let wills = match (mode, ids.first()) {
+            (BindMode::Cover | BindMode::Append, Some(node)) => wills_of(node, &request.wills),
+            _ => Vec::new(),
+        };
         let results = request
             .user_ids
             .iter()
             .map(|user| match gateway.sessions.by_user(user) {
                 Some(session) => {
-                    session.bind(mode, bindings.clone());
+                    session.bind(
+                        mode,
+                        bindings.clone(),
+                        wills.clone(),
+                        request.revoke_wills.clone(),
+                    );
                     applied(user, &gateway.node_id)
                 }
                 None => not_online(user),
@@ -239,7 +250,7 @@ impl gateway_server::Gateway for GatewayService {
                 };
                 match found {
                     Older::Found(session) => {
-                        session.kick_with(code, &request.reason);
+                        gateway.kick_session(&session, code, &request.reason);
                         applied(user, &gateway.node_id)
                     }
                     Older::NewerHere => result(user, pb::Outcome::NewerHere, &gateway.node_id),

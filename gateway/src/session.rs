@@ -1,51 +1,59 @@
-//! One client session: its identity, bindings and attributes, and its bounded outbound queue.
-//! The connection task that reads frames lives in `connection.rs`.
+//! One client session: who it is (user, login stamp), its bindings, attributes, watchers and
+//! wills, and its pushes: numbered without gaps, held for a resume (bounded in count and in
+//! bytes), and queued on its connection when it has one.
 //!
-//! Two rules hold for everything queued here: nothing larger than the client frame limit is
-//! ever queued (a frame the server built must never cost a client its connection), and nothing
-//! waits on the client (the queue is bounded in bytes and age; past that the client is dropped
-//! as a slow consumer, told so when its socket still takes the kick).
+//! A session outlives a connection that drops without a goodbye: it is held, detached, for the
+//! resume window, its pushes still numbered and held. A connection can resume it here, or it
+//! can move to another gateway as a snapshot. Its `epoch` counts the attaches; a resume token
+//! names the epoch it was issued for, so each token resumes once.
 
 use std::{
-    collections::{BTreeSet, HashMap, HashSet},
-    num::NonZeroU32,
+    collections::{BTreeSet, HashMap, VecDeque},
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicBool, AtomicI64, Ordering},
+        atomic::{AtomicI64, AtomicU64, Ordering},
     },
 };
 
 use bytes::Bytes;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use mesh::NodeId;
 use prost::Message;
 use proto::logic::v1::BindMode;
-use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info};
+use tokio::time::Instant;
+use tracing::debug;
 use wire::{Envelope, ErrorCode, envelope};
 
 use crate::{
     binding::{self, Binding},
-    outbox::{Outbound, Outbox, OutboxLimits, PushFrame, Refused},
+    conn::Conn,
+    outbox::PushFrame,
     sessions::LoginStamp,
 };
 
 /// Most attributes a session holds, and the largest key and value.
 const MAX_ATTRIBUTES: usize = 64;
 const MAX_ATTRIBUTE_BYTES: usize = 1024;
-/// Longest kick reason sent to a client (longer reasons from logic servers are cut).
-pub(crate) const MAX_REASON_BYTES: usize = 256;
+/// Most wills a session holds (a will per room joined, say).
+const MAX_WILLS: usize = 256;
 
-/// Per-session limits.
-#[derive(Clone, Debug)]
+/// What a session keeps for a resume.
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct SessionLimits {
-    /// Largest frame the client accepts (the same limit it is held to).
+    /// Largest frame the client accepts: a push over it is refused, never held or queued.
     pub(crate) max_frame: usize,
-    pub(crate) outbox: OutboxLimits,
-    pub(crate) max_in_flight: usize,
-    /// Requests per second and burst; `None` = unlimited.
-    pub(crate) rate: Option<(NonZeroU32, NonZeroU32)>,
+    /// Most pushes held for a resume.
+    pub(crate) held_pushes: usize,
+    /// Most bytes of pushes held for a resume.
+    pub(crate) held_bytes: usize,
+}
+
+/// A will a logic node left: pushed to the session if that node is gone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Will {
+    pub(crate) node: NodeId,
+    pub(crate) key: String,
+    pub(crate) route: u32,
+    pub(crate) payload: Bytes,
 }
 
 /// State that routing reads and logic servers change.
@@ -58,6 +66,7 @@ pub(crate) struct SessionState {
     pub(crate) attributes: HashMap<String, String>,
     /// Nodes to tell when the session closes (besides bound nodes).
     pub(crate) watchers: BTreeSet<NodeId>,
+    pub(crate) wills: Vec<Will>,
 }
 
 /// What a logic response asks of the session besides login, applied under one lock.
@@ -66,78 +75,106 @@ pub(crate) struct Effects {
     pub(crate) bind: Option<(BindMode, Vec<Binding>)>,
     pub(crate) attributes: HashMap<String, String>,
     pub(crate) watch: Option<NodeId>,
+    /// Wills left by `will_node`, and keys of its wills to forget.
+    pub(crate) wills: Vec<Will>,
+    pub(crate) revoke_wills: Vec<String>,
+    pub(crate) will_node: Option<NodeId>,
 }
 
 /// What became of a push.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Pushed {
-    /// Queued with the next sequence number.
+    /// Numbered and held (and queued on the connection when the session has one).
     Queued,
-    /// Its frame would exceed the client frame limit: refused, never queued.
+    /// Its frame would exceed the client frame limit: refused, never held or queued.
     TooLarge,
-    /// The session is closing (or was just dropped as a slow consumer).
+    /// The session ended or moved away.
     Closed,
 }
 
-/// One connected client.
+/// A push held for a resume.
+#[derive(Clone, Debug)]
+struct HeldPush {
+    seq: u64,
+    route: u32,
+    payload: Bytes,
+}
+
+/// Where a session is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Life {
+    /// A connection carries it.
+    Attached,
+    /// Its connection dropped at `since`; held for the resume window.
+    Detached { since: Instant },
+    /// Over (or moved away): nothing more is taken.
+    Ended,
+}
+
+struct Pushes {
+    /// The seq the next push takes (from 1).
+    next_seq: u64,
+    held: VecDeque<HeldPush>,
+    held_bytes: usize,
+    conn: Option<Arc<Conn>>,
+    life: Life,
+}
+
+/// What ending a session found.
+pub(crate) struct Ended {
+    /// The connection that carried it, if any.
+    pub(crate) conn: Option<Arc<Conn>>,
+    /// It was held without a connection.
+    pub(crate) was_detached: bool,
+}
+
+/// What a resume found.
+pub(crate) struct Resumption {
+    /// It was held without a connection.
+    pub(crate) was_detached: bool,
+    /// Every push after the client's last one is replayed.
+    pub(crate) resumed: bool,
+    /// The seq of the first push that follows the answer.
+    pub(crate) first_seq: u64,
+    /// The connection that carried the session before, if it still did.
+    pub(crate) replaced: Option<Arc<Conn>>,
+}
+
+/// One client session.
 pub(crate) struct Session {
     pub(crate) id: u64,
-    max_frame: usize,
-    outbound: Outbox,
     state: Mutex<SessionState>,
-    /// Push sequence counter; held while enqueueing so sequence order is queue order.
-    push_seq: Mutex<u64>,
-    /// Message ids of requests in flight.
-    in_flight: Mutex<HashSet<u32>>,
-    pub(crate) permits: Arc<Semaphore>,
-    max_in_flight: u32,
-    limiter: Option<DefaultDirectRateLimiter>,
-    /// Stops the reader (the session is ending).
-    pub(crate) stop: CancellationToken,
-    /// Stops taking new requests, the session staying open (drain: answer what is in flight,
-    /// then kick).
-    pub(crate) quiesce: CancellationToken,
-    /// Set once the session is ending: the writer has only its last words (a kick) to send.
-    ending: AtomicBool,
-    /// Why the session ended (code, reason), first reason wins.
-    end: Mutex<Option<(u32, String)>>,
-    /// The session's log span (node, session, peer, transport; user once logged in).
-    pub(crate) span: tracing::Span,
+    pushes: Mutex<Pushes>,
+    limits: SessionLimits,
+    /// Which attach this is (a token resumes the session once: at the epoch it names).
+    epoch: AtomicU64,
 }
 
 impl Session {
-    pub(crate) fn new(id: u64, limits: &SessionLimits, span: tracing::Span) -> Arc<Session> {
-        let limiter = limits
-            .rate
-            .map(|(rate, burst)| RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)));
-        let max_in_flight = limits.max_in_flight.clamp(1, Semaphore::MAX_PERMITS) as u32;
-        let session = Session {
-            id,
-            max_frame: limits.max_frame,
-            outbound: Outbox::new(limits.outbox),
-            state: Mutex::default(),
-            push_seq: Mutex::new(0),
-            in_flight: Mutex::default(),
-            permits: Arc::new(Semaphore::new(max_in_flight as usize)),
-            max_in_flight,
-            limiter,
-            stop: CancellationToken::new(),
-            quiesce: CancellationToken::new(),
-            ending: AtomicBool::new(false),
-            end: Mutex::new(None),
-            span,
-        };
+    /// A new session, carried by `conn`.
+    pub(crate) fn new(id: u64, limits: SessionLimits, conn: Arc<Conn>) -> Arc<Session> {
         live_objects_changed(1);
-        Arc::new(session)
-    }
-
-    /// The outbound queue (read by the connection's writer task only).
-    pub(crate) fn outbox(&self) -> &Outbox {
-        &self.outbound
+        Arc::new(Session {
+            id,
+            state: Mutex::default(),
+            pushes: Mutex::new(Pushes {
+                next_seq: 1,
+                held: VecDeque::new(),
+                held_bytes: 0,
+                conn: Some(conn),
+                life: Life::Attached,
+            }),
+            limits,
+            epoch: AtomicU64::new(1),
+        })
     }
 
     pub(crate) fn state(&self) -> MutexGuard<'_, SessionState> {
         lock(&self.state)
+    }
+
+    fn lock_pushes(&self) -> MutexGuard<'_, Pushes> {
+        lock(&self.pushes)
     }
 
     /// The logged-in user, if any.
@@ -145,178 +182,155 @@ impl Session {
         self.state().user.clone()
     }
 
-    /// True when an envelope's frame fits the client's frame limit.
-    pub(crate) fn fits(&self, envelope: &Envelope) -> bool {
-        envelope.encoded_len() <= self.max_frame
+    /// The current epoch (what a token issued now names).
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
     }
 
-    /// Queues one envelope. A frame over the client frame limit is never queued (it is logged
-    /// and counted: the server built it, so it is a server-side bug). A client that is not
-    /// reading is dropped (never waited for, so a slow client never slows anyone else).
-    pub(crate) fn send(&self, envelope: &Envelope) -> bool {
-        if !self.fits(envelope) {
-            error!(
-                session = self.id,
-                size = envelope.encoded_len(),
-                max = self.max_frame,
-                kind = envelope.kind,
-                route = envelope.route,
-                "refusing to send a frame over the client frame limit"
-            );
-            metrics::counter!(crate::metrics::FRAMES_REFUSED, "reason" => "too_large").increment(1);
+    /// The connection carrying the session, if any.
+    pub(crate) fn conn(&self) -> Option<Arc<Conn>> {
+        self.lock_pushes().conn.clone()
+    }
+
+    pub(crate) fn life(&self) -> Life {
+        self.lock_pushes().life
+    }
+
+    /// True when `conn` carries this session.
+    pub(crate) fn carried_by(&self, conn: &Arc<Conn>) -> bool {
+        self.lock_pushes()
+            .conn
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(c, conn))
+    }
+
+    /// `conn` dropped without a goodbye: the session is held, detached. False when `conn` no
+    /// longer carried it (it was resumed elsewhere or moved) or it ended.
+    pub(crate) fn detach(&self, conn: &Arc<Conn>) -> bool {
+        let mut pushes = self.lock_pushes();
+        let carried = pushes.conn.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn));
+        if !carried || pushes.life != Life::Attached {
             return false;
         }
-        self.send_frame(envelope::encode(envelope))
-    }
-
-    fn send_frame(&self, frame: Bytes) -> bool {
-        match self.outbound.try_send(Outbound::Frame(frame)) {
-            Ok(()) => true,
-            Err(Refused::SlowConsumer) => {
-                self.drop_slow_consumer();
-                false
-            }
-            Err(Refused::Closed) => false,
-        }
-    }
-
-    /// Queues a push with the next sequence number (numbers stay gap-free: a push that is not
-    /// queued takes none).
-    pub(crate) fn push(&self, route: u32, payload: Bytes) -> Pushed {
-        let mut seq = lock(&self.push_seq);
-        if !self.fits(&envelope::push(*seq + 1, route, payload.clone())) {
-            return Pushed::TooLarge;
-        }
-        let push = PushFrame {
-            seq: *seq + 1,
-            route,
-            payload,
+        pushes.conn = None;
+        pushes.life = Life::Detached {
+            since: Instant::now(),
         };
-        match self.outbound.try_send(Outbound::Push(push)) {
-            Ok(()) => {
-                *seq += 1;
-                Pushed::Queued
-            }
-            Err(Refused::SlowConsumer) => {
-                self.drop_slow_consumer();
-                Pushed::Closed
-            }
-            Err(Refused::Closed) => Pushed::Closed,
-        }
-    }
-
-    /// Sends a kick and closes the connection after it. A reason longer than
-    /// [`MAX_REASON_BYTES`] is cut.
-    pub(crate) fn kick(&self, code: ErrorCode, reason: &str) {
-        self.kick_with(code as u32, reason);
-    }
-
-    pub(crate) fn kick_with(&self, code: u32, reason: &str) {
-        let reason = truncate(reason, MAX_REASON_BYTES);
-        if !self.record_end(code, reason) {
-            return;
-        }
-        info!(
-            session = self.id,
-            code = wire::envelope::code_name(code),
-            reason,
-            "kicking session"
-        );
-        metrics::counter!(crate::metrics::KICKS, "reason" => wire::envelope::code_name(code))
-            .increment(1);
-        self.last_words(code, reason);
-    }
-
-    /// Queues the kick and the close, as the last things this connection sends.
-    fn last_words(&self, code: u32, reason: &str) {
-        self.ending.store(true, Ordering::Relaxed);
-        let kick = envelope::encode(&envelope::kick(code, reason));
-        if self.outbound.try_send(Outbound::Frame(kick)).is_err() {
-            // Only a backlog can refuse it: make room, it is the last frame.
-            self.outbound.clear();
-            let kick = envelope::encode(&envelope::kick(code, reason));
-            let _ = self.outbound.try_send(Outbound::Frame(kick));
-        }
-        let _ = self.outbound.try_send(Outbound::Close);
-        self.stop.cancel();
-    }
-
-    /// Closes after the queued frames, without a kick (the client closed, say).
-    pub(crate) fn close(&self, reason: &str) {
-        self.close_with(0, reason);
-    }
-
-    /// Closes after the queued frames, without a kick frame, recording `code` as the reason
-    /// (a WebSocket close status is chosen from it).
-    pub(crate) fn close_with(&self, code: u32, reason: &str) {
-        self.record_end(code, reason);
-        self.ending.store(true, Ordering::Relaxed);
-        let _ = self.outbound.try_send(Outbound::Close);
-        self.stop.cancel();
-    }
-
-    /// Drops a client that does not read: its backlog is forgotten and the `SLOW_CONSUMER`
-    /// kick is queued as its last frame (delivered if the socket still takes it).
-    pub(crate) fn drop_slow_consumer(&self) {
-        let reason = "the client does not read what is sent to it";
-        if !self.record_end(ErrorCode::SlowConsumer as u32, reason) {
-            return;
-        }
-        info!(session = self.id, "dropping a client that does not read");
-        metrics::counter!(crate::metrics::KICKS, "reason" => "slow_consumer").increment(1);
-        self.outbound.clear();
-        self.last_words(ErrorCode::SlowConsumer as u32, reason);
-    }
-
-    /// True once the session is ending: only its last frames remain to be written.
-    pub(crate) fn is_ending(&self) -> bool {
-        self.ending.load(Ordering::Relaxed)
-    }
-
-    fn record_end(&self, code: u32, reason: &str) -> bool {
-        let mut end = lock(&self.end);
-        if end.is_some() {
-            return false;
-        }
-        *end = Some((code, reason.to_owned()));
         true
     }
 
-    /// Why the session ended.
-    pub(crate) fn end_reason(&self) -> String {
-        lock(&self.end)
-            .as_ref()
-            .map_or_else(|| "connection closed".to_owned(), |(_, r)| r.clone())
+    /// Ends the session: it takes nothing more. `None` when it had ended already.
+    pub(crate) fn end(&self) -> Option<Ended> {
+        let mut pushes = self.lock_pushes();
+        if pushes.life == Life::Ended {
+            return None;
+        }
+        let was_detached = matches!(pushes.life, Life::Detached { .. });
+        pushes.life = Life::Ended;
+        pushes.held = VecDeque::new();
+        pushes.held_bytes = 0;
+        Some(Ended {
+            conn: pushes.conn.take(),
+            was_detached,
+        })
     }
 
-    /// The code the session ended with (0: no kick).
-    pub(crate) fn end_code(&self) -> u32 {
-        lock(&self.end).as_ref().map_or(0, |(code, _)| *code)
+    /// Numbers a push, holds it for a resume and queues it on the connection.
+    pub(crate) fn push(&self, route: u32, payload: Bytes) -> Pushed {
+        let mut pushes = self.lock_pushes();
+        if pushes.life == Life::Ended {
+            return Pushed::Closed;
+        }
+        let seq = pushes.next_seq;
+        if envelope::push(seq, route, payload.clone()).encoded_len() > self.limits.max_frame {
+            return Pushed::TooLarge;
+        }
+        pushes.next_seq += 1;
+        self.hold(&mut pushes, seq, route, payload.clone());
+        if let Some(conn) = &pushes.conn
+            && !conn.queue_push(PushFrame {
+                seq,
+                route,
+                payload,
+            })
+        {
+            // The connection is going (a slow consumer): the push stays held for a resume.
+            debug!(
+                session = self.id,
+                seq, "push held: the connection is closing"
+            );
+        }
+        Pushed::Queued
     }
 
-    /// Takes one request-rate token; false when over the limit.
-    pub(crate) fn allow_request(&self) -> bool {
-        self.limiter.as_ref().is_none_or(|l| l.check().is_ok())
-    }
-
-    /// Marks a message id in flight; false if it already is.
-    pub(crate) fn begin_request(&self, msg_id: u32) -> bool {
-        lock(&self.in_flight).insert(msg_id)
-    }
-
-    pub(crate) fn end_request(&self, msg_id: u32) {
-        lock(&self.in_flight).remove(&msg_id);
-    }
-
-    /// Waits until no request of this session is in flight (call after the reader stopped
-    /// taking new ones).
-    pub(crate) async fn requests_done(&self) {
-        if let Ok(all) = self.permits.acquire_many(self.max_in_flight).await {
-            drop(all);
+    fn hold(&self, pushes: &mut Pushes, seq: u64, route: u32, payload: Bytes) {
+        if self.limits.held_pushes == 0 {
+            return;
+        }
+        pushes.held_bytes += payload.len();
+        pushes.held.push_back(HeldPush {
+            seq,
+            route,
+            payload,
+        });
+        while pushes.held.len() > self.limits.held_pushes
+            || (pushes.held_bytes > self.limits.held_bytes && pushes.held.len() > 1)
+        {
+            if let Some(old) = pushes.held.pop_front() {
+                pushes.held_bytes -= old.payload.len();
+            }
         }
     }
 
-    /// Applies a logic response's binding change, attributes and watch in one critical
+    /// Resumes the session on `conn` with a token issued at `epoch`: under one lock, attaches
+    /// it, bumps the epoch (so the token is spent), queues `answer(epoch, resumed, first_seq)`
+    /// and then every held push after `last_seq`, so live pushes follow them in order.
+    /// Refused when the session ended, or the token's epoch has passed (it was used).
+    pub(crate) fn resume(
+        &self,
+        conn: &Arc<Conn>,
+        epoch: u64,
+        last_seq: u64,
+        answer: impl FnOnce(u64, bool, u64) -> Envelope,
+    ) -> Result<Resumption, ErrorCode> {
+        let mut pushes = self.lock_pushes();
+        if pushes.life == Life::Ended {
+            return Err(ErrorCode::SessionGone);
+        }
+        if self.epoch.load(Ordering::Acquire) != epoch {
+            return Err(ErrorCode::TokenReused);
+        }
+        let next = pushes.next_seq;
+        let first_held = pushes.held.front().map_or(next, |p| p.seq);
+        let wanted = last_seq.saturating_add(1);
+        // Every push after last_seq is still held (or there is none).
+        let resumed = wanted >= first_held;
+        let first_seq = if resumed {
+            wanted.min(next)
+        } else {
+            first_held
+        };
+        let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        let was_detached = matches!(pushes.life, Life::Detached { .. });
+        let replaced = pushes.conn.replace(conn.clone());
+        pushes.life = Life::Attached;
+        conn.send(&answer(epoch, resumed, first_seq));
+        for held in pushes.held.iter().filter(|p| p.seq >= first_seq) {
+            conn.queue_push(PushFrame {
+                seq: held.seq,
+                route: held.route,
+                payload: held.payload.clone(),
+            });
+        }
+        Ok(Resumption {
+            was_detached,
+            resumed,
+            first_seq,
+            replaced: replaced.filter(|c| !Arc::ptr_eq(c, conn)),
+        })
+    }
+
+    /// Applies a logic response's binding change, attributes, watch and wills in one critical
     /// section, so a request routed concurrently sees all of them or none.
     pub(crate) fn apply(&self, effects: Effects) {
         let mut state = self.state();
@@ -324,6 +338,12 @@ impl Session {
             let before = state.bindings.len();
             binding::apply(&mut state.bindings, mode, nodes);
             bindings_changed(state.bindings.len() as i64 - before as i64);
+            // A node's wills last as long as the session is bound to it (a room server that
+            // unbinds its members before closing their rooms tells them itself).
+            let SessionState {
+                bindings, wills, ..
+            } = &mut *state;
+            wills.retain(|w| bindings.iter().any(|b| b.node == w.node));
             debug!(session = self.id, bindings = ?state.bindings.iter().map(|b| b.node.as_str()).collect::<Vec<_>>(), "bindings changed");
         }
         for (key, value) in effects.attributes {
@@ -344,35 +364,70 @@ impl Session {
         if let Some(node) = effects.watch {
             state.watchers.insert(node);
         }
+        if let Some(node) = effects.will_node {
+            state
+                .wills
+                .retain(|w| w.node != node || !effects.revoke_wills.contains(&w.key));
+            let bound = state.bindings.iter().any(|b| b.node == node);
+            if !bound && !effects.wills.is_empty() {
+                debug!(session = self.id, %node, "wills refused: the session is not bound to their node");
+            }
+            for will in effects.wills.into_iter().filter(|_| bound) {
+                state
+                    .wills
+                    .retain(|w| w.node != will.node || w.key != will.key);
+                if state.wills.len() < MAX_WILLS {
+                    state.wills.push(will);
+                } else {
+                    debug!(session = self.id, "will refused: over the session's bound");
+                }
+            }
+        }
     }
 
-    /// Applies a binding change alone (the gateway service's Bind).
-    pub(crate) fn bind(&self, mode: BindMode, nodes: Vec<Binding>) {
+    /// Applies a binding change alone (the gateway service's Bind), with wills of the node
+    /// bound.
+    pub(crate) fn bind(
+        &self,
+        mode: BindMode,
+        nodes: Vec<Binding>,
+        wills: Vec<Will>,
+        revoke_wills: Vec<String>,
+    ) {
+        let will_node = nodes.first().map(|b| b.node.clone());
         self.apply(Effects {
             bind: Some((mode, nodes)),
+            wills,
+            revoke_wills,
+            will_node,
             ..Effects::default()
         });
     }
 
-    /// Drops bindings to nodes that are gone.
-    pub(crate) fn drop_bindings(&self, gone: &[NodeId]) {
+    /// Drops bindings to nodes that are gone, with their wills; returns those wills.
+    pub(crate) fn drop_bindings(&self, gone: &[NodeId]) -> Vec<Will> {
         let mut state = self.state();
         let before = state.bindings.len();
         state.bindings.retain(|b| !gone.contains(&b.node));
         bindings_changed(state.bindings.len() as i64 - before as i64);
+        let (wills, kept): (Vec<Will>, Vec<Will>) = std::mem::take(&mut state.wills)
+            .into_iter()
+            .partition(|w| gone.contains(&w.node));
+        state.wills = kept;
+        wills
     }
-}
 
-/// `text` cut to at most `max` bytes, at a character boundary.
-pub(crate) fn truncate(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
+    /// `node` is gone: if the session holds wills of it, the binding to it is dropped and its
+    /// wills returned (to be pushed after the unbind). A binding without wills stays until the
+    /// next request finds the node gone.
+    pub(crate) fn wills_due(&self, node: &NodeId) -> Vec<Will> {
+        let state = self.state();
+        if !state.wills.iter().any(|w| &w.node == node) {
+            return Vec::new();
+        }
+        drop(state);
+        self.drop_bindings(std::slice::from_ref(node))
     }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -404,17 +459,4 @@ fn bindings_changed(delta: i64) {
 fn live_objects_changed(delta: i64) {
     let now = LIVE_OBJECTS.fetch_add(delta, Ordering::Relaxed) + delta;
     metrics::gauge!(crate::metrics::SESSION_OBJECTS).set(now as f64);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reasons_are_cut_at_a_character_boundary() {
-        assert_eq!(truncate("short", 10), "short");
-        assert_eq!(truncate("abcdef", 3), "abc");
-        // "é" is two bytes: a cut inside it moves back before it.
-        assert_eq!(truncate("aé", 2), "a");
-    }
 }

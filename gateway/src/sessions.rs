@@ -7,10 +7,7 @@
 use std::{
     cmp::Ordering as CmpOrdering,
     collections::HashMap,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex},
 };
 
 use mesh::NodeId;
@@ -88,18 +85,24 @@ struct Index {
     logins: u64,
 }
 
-/// Every session on this gateway.
+/// Every session on this gateway (carried by a connection, or held for a resume).
 #[derive(Default)]
 pub(crate) struct Sessions {
     index: Mutex<Index>,
-    next_id: AtomicU64,
     /// Signalled whenever a session is added or removed (drain waits on it).
     changed: Notify,
 }
 
 impl Sessions {
-    pub(crate) fn next_id(&self) -> u64 {
-        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    /// A new session id: random, so ids are unique across the cluster (sessions move between
+    /// gateways) and say nothing about their gateway or their number.
+    pub(crate) fn new_id(&self) -> u64 {
+        loop {
+            let id = rand::random::<u64>();
+            if id != 0 && !self.lock().by_id.contains_key(&id) {
+                return id;
+            }
+        }
     }
 
     /// Adds a session; returns how many there are now.
@@ -111,6 +114,11 @@ impl Sessions {
         };
         self.changed.notify_waiters();
         count
+    }
+
+    /// The session with this id, if held here.
+    pub(crate) fn by_id(&self, id: u64) -> Option<Arc<Session>> {
+        self.lock().by_id.get(&id).cloned()
     }
 
     /// Removes a session (and its user index entry if it still points here); returns how many

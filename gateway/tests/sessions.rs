@@ -386,8 +386,8 @@ async fn the_gateway_service_is_discoverable_by_reflection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_dropped_without_closing_ends_its_session() {
-    let gateway = TestGateway::start("gw", &[], &[]).await;
+async fn a_client_dropped_without_closing_ends_its_session_when_the_resume_window_passes() {
+    let gateway = TestGateway::start("gw", &[], &["--resume-window-ms", "300"]).await;
     let logic = start_logic(pushing_routes(), "l1", &[gateway.gossip]).await;
     gateway.wait_for_nodes("room", 1).await;
     let (client, events) = login(gateway.tcp_address(), "leaver").await;

@@ -14,6 +14,8 @@ mod room;
 mod rooms;
 mod routes;
 
+pub use routes::SERVER_FAILED;
+
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use clap::Parser;

@@ -40,7 +40,7 @@ async fn create(
     let info = rooms
         .send(&id, Command::Join(member(user, &ctx.gateway)))
         .await?;
-    Ok(Reply::new(info).bind_me(BindMode::Append, vec![ctx.sdk().node_id()]))
+    Ok(with_will(Reply::new(info), &id).bind_me(BindMode::Append, vec![ctx.sdk().node_id()]))
 }
 
 /// 10:2: joins a room wherever it lives, and binds the user to that server.
@@ -53,7 +53,7 @@ async fn join(rooms: Arc<Rooms>, ctx: Context, request: pb::JoinRoom) -> Result<
     } else {
         // The room lives elsewhere: join it there.
         let forward = pb::ForwardJoin {
-            room_id: request.room_id,
+            room_id: request.room_id.clone(),
             member: Some(pb::Member {
                 user_id: user.to_owned(),
                 gateway_node: ctx.gateway.to_string(),
@@ -64,8 +64,21 @@ async fn join(rooms: Arc<Rooms>, ctx: Context, request: pb::JoinRoom) -> Result<
             .await
             .map_err(forward_error)?
     };
-    Ok(Reply::new(info).bind_me(BindMode::Append, vec![host]))
+    Ok(with_will(Reply::new(info), &request.room_id).bind_me(BindMode::Append, vec![host]))
 }
+
+/// A member's will for `room_id`: if the room's server is gone (killed, cut off), the gateway
+/// tells the member the room closed, instead of the member finding out by `ROOM_NOT_FOUND`.
+fn with_will(reply: Reply, room_id: &str) -> Reply {
+    let closed = pb::RoomClosed {
+        room_id: room_id.to_owned(),
+        reason: SERVER_FAILED.to_owned(),
+    };
+    reply.will(room_id, routes::PUSH_ROOM_CLOSED, closed.encode_to_vec())
+}
+
+/// `RoomClosed.reason` when the room's server failed.
+pub const SERVER_FAILED: &str = "server failed";
 
 /// 10:3: leaves a room; a user in no room here any more is unbound from this server.
 async fn leave(
@@ -78,7 +91,8 @@ async fn leave(
         user: user.clone(),
         reason: "left",
     };
-    let reply = Reply::new(rooms.send(&request.room_id, command).await?);
+    let reply =
+        Reply::new(rooms.send(&request.room_id, command).await?).revoke_will(&request.room_id);
     if rooms.rooms_of(&user).is_empty() {
         return Ok(reply.bind_me(BindMode::Remove, vec![ctx.sdk().node_id()]));
     }

@@ -196,3 +196,99 @@ async fn players_whose_match_waits_for_a_room_server_are_told_when_the_match_ser
     })
     .await;
 }
+
+/// A room server killed outright (kill -9) cannot tell anyone: the wills it left with the
+/// gateway do. Within the failure-detection time every member is unbound from it and receives
+/// RoomClosed (server failed), in that order, so a new room request goes to a live server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_of_a_killed_room_server_are_told_their_rooms_closed() {
+    let mut sandbox = Sandbox::new();
+    let detection = ["--failure-detection-ms", "1000"];
+    let gateway = sandbox.start(
+        "gateway",
+        "gw",
+        &[
+            "--ws-listen",
+            "127.0.0.1:0",
+            "--tcp-listen",
+            "127.0.0.1:0",
+            "--rate-limit",
+            "0",
+            detection[0],
+            detection[1],
+        ],
+    );
+    let doomed = sandbox.start("logic-room", "r1", &detection);
+    let _matcher = sandbox.start("logic-match", "match", &detection);
+    wait_for_members(&gateway, &["gw", "r1", "match"]).await;
+    let mut players = Vec::new();
+    for n in 0..4 {
+        players.push(Player::login(client_address(&gateway, n % 2 == 0), &format!("p{n}")).await);
+    }
+    // Two rooms on r1: p0 and p1 in one, p2 and p3 in the other; p0 also in the second, so
+    // a member of two rooms is told of both.
+    let first = players[0].create_room().await.room_id;
+    players[1].join_room(&first).await;
+    let second = players[2].create_room().await.room_id;
+    players[3].join_room(&second).await;
+    players[0].join_room(&second).await;
+    // p3 leaves its room: it is told nothing when the server dies.
+    let leave = room::LeaveRoom {
+        room_id: second.clone(),
+    };
+    let left = players[3]
+        .client
+        .request(room_routes::LEAVE, leave.encode_to_vec())
+        .await
+        .expect("answered");
+    assert!(left.is_ok(), "{left:?}");
+    let _survivor = sandbox.start("logic-room", "r2", &detection);
+    wait_for_members(&gateway, &["gw", "r1", "r2", "match"]).await;
+
+    doomed.signal(Signal::SIGKILL);
+    let killed = std::time::Instant::now();
+    let expected: [&[&String]; 3] = [&[&first, &second], &[&first], &[&second]];
+    for (player, rooms) in players.iter_mut().zip(expected) {
+        let mut closed = Vec::new();
+        while closed.len() < rooms.len() {
+            let event = room::RoomClosed::decode(player.push(room_routes::PUSH_ROOM_CLOSED).await)
+                .expect("decodes");
+            assert_eq!(event.reason, logic_room::SERVER_FAILED);
+            closed.push(event.room_id);
+        }
+        closed.sort();
+        let mut rooms: Vec<String> = rooms.iter().map(|r| (*r).clone()).collect();
+        rooms.sort();
+        assert_eq!(
+            closed, rooms,
+            "{} is told of each of its rooms once",
+            player.name
+        );
+    }
+    // Within the failure-detection time (1 s) and the gossip that carries it.
+    let told_after = killed.elapsed();
+    assert!(
+        told_after < Duration::from_secs(5),
+        "told after {told_after:?}"
+    );
+    // Unbound before being told: the next room request reaches the surviving server.
+    for player in &players[..3] {
+        let fresh = player.create_room().await.room_id;
+        assert!(fresh.ends_with("@r2"), "{} created {fresh}", player.name);
+    }
+    // p3, who had left, got no RoomClosed.
+    let mut p3 = players.pop().expect("p3");
+    let extra = tokio::time::timeout(Duration::from_millis(300), async {
+        loop {
+            match p3.events.next().await {
+                Some(client::Event::Push(push)) if push.route == room_routes::PUSH_ROOM_CLOSED => {
+                    return push;
+                }
+                Some(_) => {}
+                None => std::future::pending::<()>().await,
+            }
+        }
+    })
+    .await;
+    assert!(extra.is_err(), "a member who left was told: {extra:?}");
+}

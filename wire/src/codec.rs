@@ -26,6 +26,9 @@ pub enum FrameError {
     /// The connection failed.
     #[error("transport error: {0}")]
     Transport(String),
+    /// The peer closed the connection cleanly (a WebSocket close frame): a goodbye.
+    #[error("the peer closed the connection")]
+    Closed,
 }
 
 impl From<std::io::Error> for FrameError {

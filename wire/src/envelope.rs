@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use prost::Message;
-use proto::client::v1::{Envelope, ErrorCode, Kick, Kind, Offline};
+use proto::client::v1::{Envelope, ErrorCode, Kick, Kind, Offline, Resume};
 
 /// A request.
 pub fn request(msg_id: u32, route: u32, payload: Bytes) -> Envelope {
@@ -69,6 +69,28 @@ pub fn offline(grace_ms: u64) -> Envelope {
     Envelope {
         kind: Kind::Offline as i32,
         offline: Some(Offline { grace_ms }),
+        ..Envelope::default()
+    }
+}
+
+/// A resume of the session `token` names, by a client whose last push was `last_seq`.
+pub fn resume(msg_id: u32, token: &str, last_seq: u64, user_id: &str) -> Envelope {
+    Envelope {
+        kind: Kind::Resume as i32,
+        msg_id,
+        resume: Some(Resume {
+            token: token.to_owned(),
+            last_seq,
+            user_id: user_id.to_owned(),
+        }),
+        ..Envelope::default()
+    }
+}
+
+/// A goodbye: the session ends now.
+pub fn goodbye() -> Envelope {
+    Envelope {
+        kind: Kind::Goodbye as i32,
         ..Envelope::default()
     }
 }

@@ -24,7 +24,7 @@ pub fn frame(message: Result<Message, tungstenite::Error>) -> Option<Result<Byte
         Ok(Message::Binary(bytes)) => Some(Ok(bytes)),
         Ok(Message::Text(_)) => Some(Err(FrameError::Unsupported("text message"))),
         Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => None,
-        Ok(Message::Close(_)) => None,
+        Ok(Message::Close(_)) => Some(Err(FrameError::Closed)),
         Err(tungstenite::Error::Capacity(CapacityError::MessageTooLong { size, max_size })) => {
             Some(Err(FrameError::TooLarge {
                 size,

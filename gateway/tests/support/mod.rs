@@ -42,18 +42,13 @@ pub struct TestGateway {
 impl TestGateway {
     /// Starts a gateway; `extra` are more command-line flags (`--idle-timeout-ms`, ...).
     pub async fn start(id: &str, seeds: &[SocketAddr], extra: &[&str]) -> Self {
-        let mut args: Vec<String> = [
-            "gateway",
-            "--node-id",
-            id,
-            "--cluster-id",
-            "gw-test",
-            "--cluster-secret",
-            SECRET,
-        ]
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+        let mut args: Vec<String> = ["gateway", "--node-id", id, "--cluster-secret", SECRET]
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        if !extra.contains(&"--cluster-id") {
+            args.extend(["--cluster-id", "gw-test"].map(String::from));
+        }
         args.extend(
             [
                 "--gossip-interval-ms",
