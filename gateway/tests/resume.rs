@@ -70,6 +70,30 @@ impl Setup {
             .expect("push sent");
     }
 
+    /// True while the cluster sees `user` online (a held session counts).
+    async fn is_online(&self, user: &str) -> bool {
+        let presence = self
+            .logic
+            .sdk
+            .presence(&[user.into()])
+            .await
+            .expect("presence");
+        presence.contains_key(user)
+    }
+
+    /// The session of `ticket` ended: the bound node was told, the user is offline, and a
+    /// resume is refused with `SESSION_GONE`.
+    async fn assert_ended(&self, ticket: &ResumeTicket) {
+        let user = ticket.user_id.as_str();
+        eventually("the bound node is told", Duration::from_secs(5), || {
+            !self.closed_notices(user).is_empty()
+        })
+        .await;
+        assert!(!self.is_online(user).await);
+        let (_client, _events, answer) = resume(self.gateway.tcp_address(), ticket).await;
+        assert_eq!(answer.code(), Some(ErrorCode::SessionGone), "{answer:?}");
+    }
+
     fn closed_notices(&self, user: &str) -> Vec<String> {
         let closed = self.closed.lock().expect("lock");
         closed
@@ -159,37 +183,19 @@ async fn after_the_resume_window_the_session_ends_and_its_nodes_are_told() {
     let ticket = client.resume_ticket().expect("ticket");
     client.drop_connection().await;
 
-    // Held: still present for the cluster during the window.
+    // Held: still present for the cluster during the window, and nobody told.
     tokio::time::sleep(Duration::from_millis(150)).await;
-    let presence = setup
-        .logic
-        .sdk
-        .presence(&["bob".into()])
-        .await
-        .expect("presence");
-    assert!(presence.contains_key("bob"), "held during the window");
+    assert!(setup.is_online("bob").await, "held during the window");
     assert!(
         setup.closed_notices("bob").is_empty(),
         "not told during the window"
     );
 
-    eventually("the bound node is told", Duration::from_secs(5), || {
-        !setup.closed_notices("bob").is_empty()
-    })
-    .await;
+    setup.assert_ended(&ticket).await;
     assert_eq!(
         setup.closed_notices("bob"),
         vec!["the resume window passed"]
     );
-    let presence = setup
-        .logic
-        .sdk
-        .presence(&["bob".into()])
-        .await
-        .expect("presence");
-    assert!(!presence.contains_key("bob"));
-    let (_client, _events, answer) = resume(setup.gateway.tcp_address(), &ticket).await;
-    assert_eq!(answer.code(), Some(ErrorCode::SessionGone), "{answer:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,19 +205,7 @@ async fn a_goodbye_ends_the_session_at_once() {
     let (client, _events) = setup.joined("cat").await;
     let ticket = client.resume_ticket().expect("ticket");
     client.close().await;
-    eventually("the bound node is told", Duration::from_secs(5), || {
-        !setup.closed_notices("cat").is_empty()
-    })
-    .await;
-    let presence = setup
-        .logic
-        .sdk
-        .presence(&["cat".into()])
-        .await
-        .expect("presence");
-    assert!(!presence.contains_key("cat"));
-    let (_client, _events, answer) = resume(setup.gateway.tcp_address(), &ticket).await;
-    assert_eq!(answer.code(), Some(ErrorCode::SessionGone), "{answer:?}");
+    setup.assert_ended(&ticket).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,16 +12,9 @@ use support::*;
 /// A gateway with a short request timeout, so a pause shorter than failure detection outlasts
 /// it.
 fn gateway(sandbox: &mut Sandbox) -> Service {
-    sandbox.start(
-        "gateway",
+    sandbox.gateway_with(
         "gw",
         &[
-            "--ws-listen",
-            "127.0.0.1:0",
-            "--tcp-listen",
-            "127.0.0.1:0",
-            "--rate-limit",
-            "0",
             "--request-timeout-ms",
             "300",
             "--failure-detection-ms",

@@ -204,20 +204,7 @@ async fn players_whose_match_waits_for_a_room_server_are_told_when_the_match_ser
 async fn members_of_a_killed_room_server_are_told_their_rooms_closed() {
     let mut sandbox = Sandbox::new();
     let detection = ["--failure-detection-ms", "1000"];
-    let gateway = sandbox.start(
-        "gateway",
-        "gw",
-        &[
-            "--ws-listen",
-            "127.0.0.1:0",
-            "--tcp-listen",
-            "127.0.0.1:0",
-            "--rate-limit",
-            "0",
-            detection[0],
-            detection[1],
-        ],
-    );
+    let gateway = sandbox.gateway_with("gw", &detection);
     let doomed = sandbox.start("logic-room", "r1", &detection);
     let _matcher = sandbox.start("logic-match", "match", &detection);
     wait_for_members(&gateway, &["gw", "r1", "match"]).await;

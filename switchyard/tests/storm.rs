@@ -48,21 +48,9 @@ impl Stack {
         let mut sandbox = Sandbox::new();
         // Paused for seconds, the match server must not be declared gone meanwhile.
         let patient = ["--failure-detection-ms", "30000"];
-        let gateway = sandbox.start(
+        let gateway = sandbox.gateway_with(
             "gateway",
-            "gateway",
-            &[
-                "--ws-listen",
-                "127.0.0.1:0",
-                "--tcp-listen",
-                "127.0.0.1:0",
-                "--rate-limit",
-                "0",
-                "--request-timeout-ms",
-                "60000",
-                patient[0],
-                patient[1],
-            ],
+            &["--request-timeout-ms", "60000", patient[0], patient[1]],
         );
         let matcher = sandbox.start("logic-match", "match", &patient);
         wait_for_members(&gateway, &["gateway", "match"]).await;

@@ -136,18 +136,21 @@ impl Sandbox {
     }
 
     pub fn gateway(&mut self, id: &str) -> Service {
-        self.start(
-            "gateway",
-            id,
-            &[
-                "--ws-listen",
-                "127.0.0.1:0",
-                "--tcp-listen",
-                "127.0.0.1:0",
-                "--rate-limit",
-                "0",
-            ],
-        )
+        self.gateway_with(id, &[])
+    }
+
+    /// A gateway on free client ports, without a rate limit, with `extra` flags.
+    pub fn gateway_with(&mut self, id: &str, extra: &[&str]) -> Service {
+        let mut args = vec![
+            "--ws-listen",
+            "127.0.0.1:0",
+            "--tcp-listen",
+            "127.0.0.1:0",
+            "--rate-limit",
+            "0",
+        ];
+        args.extend_from_slice(extra);
+        self.start("gateway", id, &args)
     }
 }
 
