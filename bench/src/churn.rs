@@ -177,7 +177,7 @@ pub(crate) async fn run(args: ChurnArgs) -> anyhow::Result<()> {
     for (flavor, who, rate) in rates {
         report.note(format!("{who:?} ({flavor}): steady rate {rate:.0} req/s"));
     }
-    report.note("Leftovers are read from the gateway's /metrics (switchyard_gateway_sessions, switchyard_gateway_session_objects, switchyard_gateway_bindings) up to 10 s after the last client left; the Go baseline has no such counters. Half the churn clients close cleanly, half just drop the connection.");
+    report.note(format!("Leftovers are read from the gateway's /metrics (switchyard_gateway_sessions, switchyard_gateway_session_objects, switchyard_gateway_bindings) up to 10 s after the last client left; the Go baseline has no such counters. Half the churn clients close cleanly (a goodbye), half just drop the connection: the gateway holds those sessions for its resume window ({} ms in the benchmarks), then ends them.", crate::stack::RESUME_WINDOW_MS));
     report.finish(&args.common.out)
 }
 

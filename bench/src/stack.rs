@@ -294,6 +294,9 @@ pub(crate) fn login_payload(user: &str) -> Vec<u8> {
     .encode_to_vec()
 }
 
+/// The benchmark gateway's resume window, in ms.
+pub(crate) const RESUME_WINDOW_MS: &str = "2000";
+
 /// `serve-gateway`: a gateway on loopback ports.
 #[allow(clippy::print_stdout)] // the READY line is the protocol with the parent
 pub(crate) async fn serve_gateway() -> anyhow::Result<()> {
@@ -307,6 +310,10 @@ pub(crate) async fn serve_gateway() -> anyhow::Result<()> {
         "0",
         "--max-in-flight",
         "256",
+        // Clients that drop without a goodbye (half of S7's churn) are held this long for a
+        // resume, then ended: the leak check after S7 sees them go.
+        "--resume-window-ms",
+        RESUME_WINDOW_MS,
         "--ready-file",
         &ready.display().to_string(),
     ]);

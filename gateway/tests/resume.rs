@@ -178,7 +178,7 @@ async fn a_dropped_connection_resumes_with_every_push_it_missed_once_and_in_orde
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_the_resume_window_the_session_ends_and_its_nodes_are_told() {
-    let setup = Setup::start(&["--resume-window-ms", "400"]).await;
+    let setup = Setup::start(&["--resume-window-ms", "1500"]).await;
     let (client, _events) = setup.joined("bob").await;
     let ticket = client.resume_ticket().expect("ticket");
     client.drop_connection().await;
