@@ -140,6 +140,15 @@ pub enum Event {
         /// Time left before the gateway closes remaining connections.
         grace: Duration,
     },
+    /// The session moved to another gateway (a drain, or the client's `migrate`): reconnect
+    /// to one of `addresses` and resume with `ticket` ([`Client::resume`]). The gateway closes
+    /// this connection next.
+    MigrateTo {
+        /// The new gateway's client addresses (`ws://…/ws`, `tcp://…`).
+        addresses: Vec<String>,
+        /// What resuming there takes (the token it issued, and the last push received here).
+        ticket: ResumeTicket,
+    },
     /// The gateway closed the connection with this code and reason.
     Kicked {
         /// An [`ErrorCode`] (or an application code).
@@ -285,6 +294,19 @@ impl Client {
             token: session.resume_token.clone(),
             last_seq: self.track.last_seq.load(Ordering::Relaxed),
         })
+    }
+
+    /// Asks the gateway to move this session to another gateway now (after `Offline`, at a
+    /// moment that suits the app). On success the events bring `MigrateTo` next; an error
+    /// status (`MIGRATION_UNAVAILABLE`) means the session stays here.
+    pub async fn migrate(&self) -> Result<Response, ClientError> {
+        let msg_id = self.next_msg_id();
+        let migrate = Envelope {
+            kind: Kind::Migrate as i32,
+            msg_id,
+            ..Envelope::default()
+        };
+        self.exchange(msg_id, envelope::encode(&migrate)).await
     }
 
     /// Sends a request and waits for its response.
@@ -444,6 +466,19 @@ async fn read_loop(
                 Event::Kicked {
                     code: kick.code,
                     reason: kick.reason,
+                }
+            }
+            Ok(Kind::MigrateTo) => {
+                let to = envelope.migrate_to.unwrap_or_default();
+                let info = lock(&track.info).clone().unwrap_or_default();
+                Event::MigrateTo {
+                    addresses: to.addresses,
+                    ticket: ResumeTicket {
+                        user_id: info.user_id,
+                        session_id: info.session_id,
+                        token: to.token,
+                        last_seq: track.last_seq.load(Ordering::Relaxed),
+                    },
                 }
             }
             Ok(Kind::Offline) => Event::Offline {

@@ -25,6 +25,17 @@ pub enum Address {
     Tcp(SocketAddr),
 }
 
+impl Address {
+    /// An address as gateways announce them: `ws://host:port/ws` (or `wss://`) or
+    /// `tcp://ip:port`.
+    pub fn parse(text: &str) -> Option<Address> {
+        if text.starts_with("ws://") || text.starts_with("wss://") {
+            return Some(Address::WebSocket(text.to_owned()));
+        }
+        text.strip_prefix("tcp://")?.parse().ok().map(Address::Tcp)
+    }
+}
+
 impl std::fmt::Display for Address {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

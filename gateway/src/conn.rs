@@ -53,6 +53,8 @@ pub(crate) enum Ending {
     Kicked(u32),
     /// A newer connection resumed the session: the session lives on there.
     Replaced,
+    /// The session moved to another gateway (MIGRATE_TO sent): it lives on there.
+    Moved,
 }
 
 /// One client connection.

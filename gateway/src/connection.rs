@@ -181,14 +181,20 @@ async fn read_loop(
             continue;
         };
         match Kind::try_from(request.kind) {
-            Ok(Kind::Request | Kind::Resume) if request.msg_id == 0 => {
+            Ok(Kind::Request | Kind::Resume | Kind::Migrate) if request.msg_id == 0 => {
                 bad_frame("reserved_msg_id");
                 refusal(conn, 0, request.route, Refusal::ReservedMessageId);
             }
             Ok(Kind::Request) => dispatch(gateway, conn, &session, request).await,
             Ok(Kind::Resume) => {
-                if let Some(resumed) = gateway.resume(conn, &session, request) {
+                if let Some(resumed) = gateway.resume(conn, &session, request).await {
                     session = resumed;
+                }
+            }
+            Ok(Kind::Migrate) => {
+                gateway.client_migrate(conn, &session, request.msg_id).await;
+                if conn.is_ending() {
+                    return session;
                 }
             }
             Ok(Kind::Goodbye) => {

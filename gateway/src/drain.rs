@@ -1,7 +1,8 @@
 //! Drain: the gateway is going away. Every client is told (`OFFLINE` with the grace left) and
-//! may leave; when the grace ends, each remaining session stops taking requests, gets an answer
-//! to every request it sent before that moment, and is then kicked with `SERVER_DRAINING`, at
-//! the time the notice announced.
+//! may move at once (`MIGRATE`) or leave; when the grace ends, each remaining session stops
+//! taking requests, gets an answer to every request it sent before that moment, and is then
+//! moved to the least-loaded other gateway (`MIGRATE_TO`), or, with none online, kicked with
+//! `SERVER_DRAINING`, at the time the notice announced.
 
 use std::{sync::Arc, time::Duration};
 
@@ -10,7 +11,10 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 use wire::{ErrorCode, envelope};
 
-use crate::gateway::{Gateway, Limits};
+use crate::{
+    gateway::{Gateway, Limits},
+    session::Session,
+};
 
 /// How long drain waits for kicked sessions to finish closing.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
@@ -18,7 +22,7 @@ const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// The longest a drain with `grace` takes: the grace, the answers to requests in flight at its
 /// end, and the closing (the node gives the drain this long, plus a margin).
 pub(crate) fn budget(grace: Duration, limits: &Limits) -> Duration {
-    grace + limits.request_timeout + CLOSE_WAIT
+    grace + limits.request_timeout + CLOSE_WAIT * 2
 }
 
 impl Gateway {
@@ -44,22 +48,9 @@ impl Gateway {
             );
             let request_timeout = self.limits.request_timeout;
             join_all(remaining.into_iter().map(|session| async move {
-                // A session held for a resume has nobody to tell: it ends.
-                let Some(conn) = session.conn() else {
-                    self.end_session(&session, "shutdown", "gateway shutting down");
-                    return;
-                };
-                conn.quiesce.cancel();
-                if tokio::time::timeout(request_timeout, conn.requests_done())
-                    .await
-                    .is_err()
-                {
-                    warn!(
-                        session = session.id,
-                        "requests still in flight at the drain kick"
-                    );
-                }
-                conn.kick(ErrorCode::ServerDraining, "gateway shutting down");
+                let outcome = self.drain_session(&session, request_timeout).await;
+                ::metrics::counter!(crate::metrics::DRAIN_OUTCOMES, "outcome" => outcome)
+                    .increment(1);
             }))
             .await;
         }
@@ -68,6 +59,46 @@ impl Gateway {
                 sessions = self.sessions.len(),
                 "sessions still open at the end of the drain"
             );
+        }
+        // Pushes for the sessions that moved follow them until every node has switched.
+        self.settle_forwards(CLOSE_WAIT).await;
+    }
+
+    /// Moves one session that is still here at the end of the grace to another gateway (its
+    /// client told `MIGRATE_TO` after every request it sent was answered), or, with no other
+    /// gateway online, kicks it (`SERVER_DRAINING`) or ends it if it is held without a
+    /// connection. Returns the outcome's label.
+    async fn drain_session(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        request_timeout: Duration,
+    ) -> &'static str {
+        let Some(conn) = session.conn() else {
+            if let Some(to) = self.move_target()
+                && self.hand_over(session, &to).await.is_ok()
+            {
+                return "migrated";
+            }
+            self.end_session(session, "shutdown", "gateway shutting down");
+            return "ended";
+        };
+        conn.quiesce.cancel();
+        if tokio::time::timeout(request_timeout, conn.requests_done())
+            .await
+            .is_err()
+        {
+            warn!(
+                session = session.id,
+                "requests still in flight at the drain's end"
+            );
+        }
+        match self.migrate(&conn, session).await {
+            Ok(()) => "migrated",
+            Err(error) => {
+                info!(session = session.id, %error, "cannot move the session; kicking it");
+                conn.kick(ErrorCode::ServerDraining, "gateway shutting down");
+                "kicked"
+            }
         }
     }
 

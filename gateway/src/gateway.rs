@@ -17,6 +17,7 @@ use crate::{
     conn::ConnLimits,
     hold::ResumeSettings,
     link::Links,
+    moving::Forwards,
     router::Router,
     session::{Session, SessionLimits},
     sessions::Sessions,
@@ -74,6 +75,8 @@ pub(crate) struct Gateway {
     pub(crate) resume: ResumeSettings,
     /// Sessions held without a connection.
     pub(crate) detached: AtomicI64,
+    /// Users whose session moved away from here, and the queues forwarding their pushes.
+    pub(crate) forwards: Forwards,
 }
 
 /// Time a gateway has to answer a call forwarded from another gateway.
@@ -99,6 +102,7 @@ impl Gateway {
             tokens,
             resume,
             detached: AtomicI64::new(0),
+            forwards: Forwards::default(),
         })
     }
 

@@ -13,9 +13,12 @@
 use std::{sync::Arc, time::Duration};
 
 use mesh::{NodeEvent, NodeId};
-use proto::client::v1::{self as client_pb, Resumed};
+use proto::{
+    client::v1::{self as client_pb, Resumed},
+    gateway::v1::{TakeSessionRequest, gateway_client::GatewayClient},
+};
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use wire::{Envelope, ErrorCode, envelope};
 
 use crate::{
@@ -24,6 +27,13 @@ use crate::{
     session::{Session, Will},
     token::{Claims, TokenError},
 };
+
+/// Time another gateway has to hand over a session for a resume.
+const TAKE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What a gateway answers a TakeSession whose epoch has passed (the mesh keeps a status's
+/// text, not its code).
+pub(crate) const TAKE_REUSED: &str = "the session's token was used already";
 
 /// Settings of held sessions and tokens.
 #[derive(Clone, Copy, Debug)]
@@ -63,7 +73,7 @@ impl Gateway {
             return;
         }
         match conn.ending() {
-            Ending::Replaced => {}
+            Ending::Replaced | Ending::Moved => {}
             Ending::Dropped if session.user().is_some() => self.hold(session, conn),
             Ending::Goodbye => self.end_session(session, "goodbye", &conn.end_reason()),
             Ending::Dropped => self.end_session(session, "dropped", &conn.end_reason()),
@@ -80,6 +90,13 @@ impl Gateway {
         info!(session = session.id, user = session.user().as_deref().unwrap_or(""), ?window, reason = %conn.end_reason(), "connection dropped; session held for a resume");
         ::metrics::counter!(crate::metrics::SESSIONS_HELD).increment(1);
         self.detached_changed(1);
+        self.hold_detached(session);
+    }
+
+    /// Ends `session` (held without a connection) when the resume window passes, unless it
+    /// was resumed (or moved) meanwhile.
+    pub(crate) fn hold_detached(self: &Arc<Self>, session: &Arc<Session>) {
+        let window = self.resume.window;
         let gateway = self.clone();
         let session = session.clone();
         self.tracker.spawn(async move {
@@ -150,7 +167,7 @@ impl Gateway {
     /// Handles a RESUME on `conn`, which carries the anonymous session `current`: answers it
     /// (with the replayed pushes after a success) and returns the session the connection
     /// carries from now on.
-    pub(crate) fn resume(
+    pub(crate) async fn resume(
         self: &Arc<Self>,
         conn: &Arc<Conn>,
         current: &Arc<Session>,
@@ -189,31 +206,32 @@ impl Gateway {
         if !resume.user_id.is_empty() && resume.user_id != claims.user {
             return refuse(ErrorCode::TokenWrongUser, "the token is another user's");
         }
-        // A session is resumed on the gateway holding it (the one the token names); moving
-        // a session between gateways comes with migration.
-        let Some(session) = self.sessions.by_id(claims.session) else {
-            return refuse(ErrorCode::SessionGone, refusal_text(ErrorCode::SessionGone));
+        // Held here, or taken from the gateway holding it (it hands the session over, then
+        // answers).
+        let (session, epoch) = match self.sessions.by_id(claims.session) {
+            Some(session) => (session, claims.epoch),
+            None => match self.take_session(&claims).await {
+                Ok(session) => {
+                    let epoch = session.epoch();
+                    (session, epoch)
+                }
+                Err(code) => return refuse(code, refusal_text(code)),
+            },
         };
         if session.user().as_deref() != Some(claims.user.as_str()) {
             return refuse(ErrorCode::TokenWrongUser, "the token is another user's");
         }
         let user = claims.user.clone();
-        let resumed = session.resume(
-            conn,
-            claims.epoch,
-            resume.last_seq,
-            |epoch, resumed, first_seq| {
-                let mut answer =
-                    envelope::response(msg_id, 0, 0, String::new(), bytes::Bytes::new());
-                answer.resumed = Some(Resumed {
-                    resumed,
-                    first_seq,
-                    session: Some(self.session_info(&session, epoch)),
-                    user_id: user.clone(),
-                });
-                answer
-            },
-        );
+        let resumed = session.resume(conn, epoch, resume.last_seq, |epoch, resumed, first_seq| {
+            let mut answer = envelope::response(msg_id, 0, 0, String::new(), bytes::Bytes::new());
+            answer.resumed = Some(Resumed {
+                resumed,
+                first_seq,
+                session: Some(self.session_info(&session, epoch)),
+                user_id: user.clone(),
+            });
+            answer
+        });
         let resumption = match resumed {
             Ok(resumption) => resumption,
             Err(code) => return refuse(code, refusal_text(code)),
@@ -237,6 +255,50 @@ impl Gateway {
         let outcome = if resumption.resumed { "resumed" } else { "gap" };
         ::metrics::counter!(crate::metrics::RESUMES, "outcome" => outcome).increment(1);
         Some(session)
+    }
+
+    /// Takes a session held by another gateway for a resume here: asks the gateway the token
+    /// names or, when that one is gone, every other gateway (a drained gateway hands its held
+    /// sessions on).
+    async fn take_session(self: &Arc<Self>, claims: &Claims) -> Result<Arc<Session>, ErrorCode> {
+        let holder = NodeId::new(claims.gateway.as_str());
+        if holder == self.node_id {
+            return Err(ErrorCode::SessionGone);
+        }
+        let request = TakeSessionRequest {
+            session_id: claims.session,
+            epoch: claims.epoch,
+            user_id: claims.user.clone(),
+            to_gateway: self.node_id.to_string(),
+        };
+        let asked = if self.mesh.cluster().members().contains_key(&holder) {
+            vec![holder]
+        } else {
+            self.other_gateways()
+        };
+        let answers = self
+            .mesh
+            .fan_out(asked, TAKE_TIMEOUT, |channel| {
+                let request = request.clone();
+                async move { GatewayClient::new(channel).take_session(request).await }
+            })
+            .await;
+        let mut refusal = ErrorCode::SessionGone;
+        for answer in answers {
+            match answer.result {
+                Ok(_) => {
+                    return self
+                        .sessions
+                        .by_id(claims.session)
+                        .ok_or(ErrorCode::SessionGone);
+                }
+                Err(mesh::MeshError::Transport { message, .. }) if message == TAKE_REUSED => {
+                    refusal = ErrorCode::TokenReused;
+                }
+                Err(error) => debug!(gateway = %answer.node, %error, "no session to take there"),
+            }
+        }
+        Err(refusal)
     }
 
     /// Follows membership: a node that is gone (it left, or was declared dead) has its wills

@@ -28,6 +28,7 @@ mod gateway;
 mod hold;
 mod link;
 pub mod metrics;
+mod moving;
 mod outbox;
 mod refusal;
 mod request;

@@ -147,16 +147,14 @@ impl Link {
         Ok(())
     }
 
-    /// Queues a session-closed notice (after the session's calls).
-    fn closed_notice(&self, ended: pb::SessionEnded) {
+    /// Queues a notice about a session (closed, moved) after the session's calls.
+    fn notice(&self, notice: UpKind) {
         {
             let mut state = self.lock();
             if state.closed {
                 return;
             }
-            state.queue.push(UpItem {
-                item: Some(UpKind::Closed(ended)),
-            });
+            state.queue.push(UpItem { item: Some(notice) });
         }
         self.ready.notify_one();
     }
@@ -354,8 +352,18 @@ impl Gateway {
     /// Tells `node` that a session closed, after the session's calls to it.
     pub(crate) fn send_closed(self: &Arc<Self>, node: &NodeId, ended: pb::SessionEnded) {
         if self.mesh.cluster().members().contains_key(node) {
-            self.links.get(self, node).closed_notice(ended);
+            self.links.get(self, node).notice(UpKind::Closed(ended));
         }
+    }
+
+    /// Tells `node` that a user's session moved to another gateway, after the session's calls
+    /// to it; false when the node is not a member (nothing more comes from it).
+    pub(crate) fn send_moved(self: &Arc<Self>, node: &NodeId, moved: pb::Moved) -> bool {
+        if !self.mesh.cluster().members().contains_key(node) {
+            return false;
+        }
+        self.links.get(self, node).notice(UpKind::Moved(moved));
+        true
     }
 }
 
@@ -470,8 +478,11 @@ async fn carry(gateway: &Arc<Gateway>, link: &Arc<Link>, mut down: tonic::Stream
                                 gateway.finish(pending, Ok(answer.response.unwrap_or_default()));
                             }
                         }
-                        Some(DownKind::Push(delivery)) => gateway.deliver(delivery),
-                        Some(DownKind::MovedAck(_)) | None => {}
+                        Some(DownKind::Push(delivery)) => gateway.deliver(delivery, &link.node),
+                        Some(DownKind::MovedAck(ack)) => {
+                            gateway.moved_acked(ack.user_id, link.node.clone());
+                        }
+                        None => {}
                     }
                 }
             }

@@ -35,3 +35,11 @@ pub const RESUMES: &str = "switchyard_gateway_resumes_total";
 pub const SESSIONS_ENDED: &str = "switchyard_gateway_sessions_ended_total";
 /// Wills of gone nodes pushed to their sessions (counter).
 pub const WILLS_DELIVERED: &str = "switchyard_gateway_wills_delivered_total";
+/// Sessions handed over to another gateway, by outcome: `moved`, `failed` (counter).
+pub const MOVES: &str = "switchyard_gateway_moves_total";
+/// Drain outcomes per session: `migrated`, `kicked` (no other gateway), `ended` (counter).
+pub const DRAIN_OUTCOMES: &str = "switchyard_gateway_drain_outcomes_total";
+/// Pushes forwarded to the gateway a user moved to, by outcome: `sent`, `lost` (that gateway
+/// did not take them), `dropped` (the queue toward it was full), `unclaimed` (taken here for
+/// a user not here) (counter).
+pub const FORWARDS: &str = "switchyard_gateway_forwards_total";

@@ -239,12 +239,34 @@ impl Gateway {
         drop(permit);
     }
 
-    /// Delivers a node's push to the users of it held here (the payload shared, not copied).
-    pub(crate) fn deliver(&self, delivery: pb::Delivery) {
+    /// Delivers a node's push to the users of it held here (the payload shared, not copied);
+    /// users who moved away recently have it forwarded.
+    pub(crate) fn deliver(&self, delivery: pb::Delivery, from: &NodeId) {
         let mut queued = 0;
-        for session in self.sessions.by_users(&delivery.user_ids) {
-            if session.push(delivery.route, delivery.payload.clone()) == Pushed::Queued {
-                queued += 1;
+        if self.forwards.any() {
+            for user in &delivery.user_ids {
+                let pushed = self.sessions.by_user(user).map_or(Pushed::Closed, |s| {
+                    s.push(delivery.route, delivery.payload.clone())
+                });
+                match pushed {
+                    Pushed::Queued => queued += 1,
+                    Pushed::TooLarge => {}
+                    Pushed::Closed => {
+                        self.forward_if_moved(
+                            user,
+                            delivery.route,
+                            &delivery.payload,
+                            Some(from),
+                            delivery.to_every_gateway,
+                        );
+                    }
+                }
+            }
+        } else {
+            for session in self.sessions.by_users(&delivery.user_ids) {
+                if session.push(delivery.route, delivery.payload.clone()) == Pushed::Queued {
+                    queued += 1;
+                }
             }
         }
         self.metrics.pushes.increment(queued);
@@ -292,13 +314,18 @@ impl Gateway {
     }
 
     /// Pushes to one user if connected here.
+    /// Users who moved away recently have it forwarded (and count as reached here).
     pub(crate) fn push_one(&self, user: &str, route: u32, payload: &bytes::Bytes) -> Pushed {
         let outcome = self
             .sessions
             .by_user(user)
             .map_or(Pushed::Closed, |s| s.push(route, payload.clone()));
-        if outcome == Pushed::Queued {
-            self.metrics.pushes.increment(1);
+        match outcome {
+            Pushed::Queued => self.metrics.pushes.increment(1),
+            Pushed::Closed if self.forward_if_moved(user, route, payload, None, false) => {
+                return Pushed::Queued;
+            }
+            _ => {}
         }
         outcome
     }

@@ -15,8 +15,11 @@ use tracing::warn;
 use wire::ErrorCode;
 
 use crate::{
+    conn::Ending,
     effects::wills_of,
     gateway::{FORWARD_TIMEOUT, Gateway},
+    hold::TAKE_REUSED,
+    moving::ActivePush,
     session::Pushed,
     sessions::{LoginStamp, Older},
 };
@@ -172,6 +175,7 @@ impl gateway_server::Gateway for GatewayService {
         let request = request.into_inner();
         self.check_push(request.route, &request.payload)?;
         let gateway = &self.0;
+        let _active = ActivePush::new(&gateway.forwards);
         let results = request
             .user_ids
             .iter()
@@ -200,6 +204,7 @@ impl gateway_server::Gateway for GatewayService {
         request: Request<pb::PushBatchRequest>,
     ) -> Result<Response<pb::PushBatchReply>, Status> {
         let gateway = &self.0;
+        let _active = ActivePush::new(&gateway.forwards);
         let mut reply = pb::PushBatchReply::default();
         for push in request.into_inner().pushes {
             if !gateway.push_fits(push.route, &push.payload) {
@@ -273,23 +278,55 @@ impl gateway_server::Gateway for GatewayService {
 
     async fn adopt_session(
         &self,
-        _request: Request<pb::SessionSnapshot>,
+        request: Request<pb::SessionSnapshot>,
     ) -> Result<Response<pb::Adopted>, Status> {
-        Err(Status::unimplemented("session moves are not built yet"))
+        let snapshot = request.into_inner();
+        if snapshot.user_id.is_empty() {
+            return Err(Status::invalid_argument(
+                "only a logged-in session can move",
+            ));
+        }
+        if !self.0.accepts_new_work() {
+            return Err(Status::unavailable("this gateway is draining"));
+        }
+        Ok(Response::new(self.0.adopt(snapshot)))
     }
 
     async fn take_session(
         &self,
-        _request: Request<pb::TakeSessionRequest>,
-    ) -> Result<Response<pb::SessionSnapshot>, Status> {
-        Err(Status::unimplemented("session moves are not built yet"))
+        request: Request<pb::TakeSessionRequest>,
+    ) -> Result<Response<pb::Adopted>, Status> {
+        let request = request.into_inner();
+        let gateway = &self.0;
+        let session = gateway
+            .sessions
+            .by_id(request.session_id)
+            .filter(|s| s.user().as_deref() == Some(request.user_id.as_str()))
+            .ok_or_else(|| Status::not_found("no such session here"))?;
+        if session.epoch() != request.epoch {
+            return Err(Status::failed_precondition(TAKE_REUSED));
+        }
+        let to = NodeId::new(request.to_gateway.as_str());
+        let (adopted, conn) = gateway
+            .hand_over(&session, &to)
+            .await
+            .map_err(|error| Status::unavailable(error.to_string()))?;
+        if let Some(conn) = conn {
+            // Its client resumed elsewhere: this connection is over, without a kick.
+            conn.close_as(
+                Ending::Replaced,
+                "the session was resumed on another gateway",
+            );
+        }
+        Ok(Response::new(adopted))
     }
 
     async fn forward(
         &self,
-        _request: Request<pb::ForwardBatch>,
+        request: Request<pb::ForwardBatch>,
     ) -> Result<Response<pb::ForwardAck>, Status> {
-        Err(Status::unimplemented("session moves are not built yet"))
+        self.0.take_forwarded(request.into_inner());
+        Ok(Response::new(pb::ForwardAck {}))
     }
 
     async fn presence(

@@ -18,7 +18,7 @@ use std::{
 use bytes::Bytes;
 use mesh::NodeId;
 use prost::Message;
-use proto::logic::v1::BindMode;
+use proto::{gateway::v1 as gw, logic::v1::BindMode};
 use tokio::time::Instant;
 use tracing::debug;
 use wire::{Envelope, ErrorCode, envelope};
@@ -107,6 +107,8 @@ pub(crate) enum Life {
     Attached,
     /// Its connection dropped at `since`; held for the resume window.
     Detached { since: Instant },
+    /// Being handed to another gateway: pushes wait, unnumbered, to follow it there.
+    Moving,
     /// Over (or moved away): nothing more is taken.
     Ended,
 }
@@ -118,6 +120,14 @@ struct Pushes {
     held_bytes: usize,
     conn: Option<Arc<Conn>>,
     life: Life,
+    /// Pushes taken while `Moving`, unnumbered: they follow the session (or are numbered here
+    /// if the move fails).
+    backlog: Vec<(u32, Bytes)>,
+    /// A session adopted from another gateway: the nodes whose earlier pushes that gateway
+    /// still forwards. Pushes straight from anyone wait in `held_back` until every one of them
+    /// is flushed, so forwarded pushes come first.
+    awaiting: Vec<NodeId>,
+    held_back: Vec<(u32, Bytes)>,
 }
 
 /// What ending a session found.
@@ -163,10 +173,123 @@ impl Session {
                 held_bytes: 0,
                 conn: Some(conn),
                 life: Life::Attached,
+                backlog: Vec::new(),
+                awaiting: Vec::new(),
+                held_back: Vec::new(),
             }),
             limits,
             epoch: AtomicU64::new(1),
         })
+    }
+
+    /// A session handed over by another gateway: detached until its client resumes here.
+    /// Pushes straight from the nodes it was bound to or watched by wait until the old gateway
+    /// says it forwarded everything of theirs (`flushed`).
+    pub(crate) fn adopt(snapshot: gw::SessionSnapshot, limits: SessionLimits) -> Arc<Session> {
+        live_objects_changed(1);
+        let awaiting = snapshot_nodes(&snapshot);
+        let bindings: Vec<Binding> = snapshot
+            .bindings
+            .into_iter()
+            .map(|b| {
+                let mut routes = b.routes;
+                routes.sort_unstable();
+                Binding {
+                    node: NodeId::new(b.node_id),
+                    routes: Arc::from(routes),
+                }
+            })
+            .collect();
+        bindings_changed(bindings.len() as i64);
+        let state = SessionState {
+            user: (!snapshot.user_id.is_empty()).then(|| Arc::from(snapshot.user_id.as_str())),
+            login: snapshot.login.as_ref().map(LoginStamp::from_proto),
+            bindings,
+            attributes: snapshot.attributes.into_iter().collect(),
+            watchers: snapshot.watchers.into_iter().map(NodeId::from).collect(),
+            wills: snapshot
+                .wills
+                .into_iter()
+                .map(|w| Will {
+                    node: NodeId::new(w.node_id),
+                    key: w.key,
+                    route: w.route,
+                    payload: w.payload,
+                })
+                .collect(),
+        };
+        let held: VecDeque<HeldPush> = snapshot
+            .held
+            .into_iter()
+            .map(|p| HeldPush {
+                seq: p.seq,
+                route: p.route,
+                payload: p.payload,
+            })
+            .collect();
+        let held_bytes = held.iter().map(|p| p.payload.len()).sum();
+        Arc::new(Session {
+            id: snapshot.session_id,
+            state: Mutex::new(state),
+            pushes: Mutex::new(Pushes {
+                next_seq: snapshot.next_seq.max(1),
+                held,
+                held_bytes,
+                conn: None,
+                life: Life::Detached {
+                    since: Instant::now(),
+                },
+                backlog: Vec::new(),
+                awaiting,
+                held_back: Vec::new(),
+            }),
+            limits,
+            epoch: AtomicU64::new(snapshot.epoch + 1),
+        })
+    }
+
+    /// The session as it moves to another gateway. Call once it is `Moving` (pushes wait in the
+    /// backlog meanwhile, unnumbered).
+    pub(crate) fn snapshot(&self, from_gateway: &NodeId) -> gw::SessionSnapshot {
+        let state = self.state();
+        let pushes = self.lock_pushes();
+        gw::SessionSnapshot {
+            session_id: self.id,
+            user_id: state.user.as_deref().unwrap_or_default().to_owned(),
+            login: state.login.as_ref().map(LoginStamp::to_proto),
+            bindings: state
+                .bindings
+                .iter()
+                .map(|b| gw::SnapshotBinding {
+                    node_id: b.node.to_string(),
+                    routes: b.routes.to_vec(),
+                })
+                .collect(),
+            attributes: state.attributes.clone(),
+            watchers: state.watchers.iter().map(ToString::to_string).collect(),
+            next_seq: pushes.next_seq,
+            held: pushes
+                .held
+                .iter()
+                .map(|p| gw::HeldPush {
+                    seq: p.seq,
+                    route: p.route,
+                    payload: p.payload.clone(),
+                })
+                .collect(),
+            wills: state
+                .wills
+                .iter()
+                .map(|w| gw::HeldWill {
+                    node_id: w.node.to_string(),
+                    key: w.key.clone(),
+                    route: w.route,
+                    payload: w.payload.clone(),
+                })
+                .collect(),
+            epoch: self.epoch(),
+            from_gateway: from_gateway.to_string(),
+        }
     }
 
     pub(crate) fn state(&self) -> MutexGuard<'_, SessionState> {
@@ -235,18 +358,124 @@ impl Session {
         })
     }
 
-    /// Numbers a push, holds it for a resume and queues it on the connection.
+    /// Starts a move to another gateway: pushes wait in the backlog from now on. `None` when
+    /// the session is not there to move (ended, or moving already); else whether it was held
+    /// without a connection.
+    pub(crate) fn start_moving(&self) -> Option<bool> {
+        let mut pushes = self.lock_pushes();
+        let was_detached = match pushes.life {
+            Life::Ended | Life::Moving => return None,
+            Life::Detached { .. } => true,
+            Life::Attached => false,
+        };
+        pushes.life = Life::Moving;
+        Some(was_detached)
+    }
+
+    /// The move succeeded: the session is over here. `follow` gets the pushes that came
+    /// meanwhile, in order, under the pushes lock (so a push after them, refused here as
+    /// `Closed`, is passed on after them). Returns the connection that carried it, if any.
+    pub(crate) fn moved_away(&self, follow: impl FnOnce(Vec<(u32, Bytes)>)) -> Option<Arc<Conn>> {
+        let mut pushes = self.lock_pushes();
+        pushes.life = Life::Ended;
+        pushes.held = VecDeque::new();
+        pushes.held_bytes = 0;
+        follow(std::mem::take(&mut pushes.backlog));
+        pushes.conn.take()
+    }
+
+    /// The move failed: the session stays here, and the pushes that came meanwhile are
+    /// numbered. True when it is now held without a connection (its connection ended during
+    /// the move, or it had none): the caller starts its resume window.
+    pub(crate) fn stop_moving(&self) -> bool {
+        let mut pushes = self.lock_pushes();
+        if pushes.life != Life::Moving {
+            return false;
+        }
+        if pushes.conn.as_ref().is_some_and(|c| c.is_ending()) {
+            pushes.conn = None;
+        }
+        let detached = pushes.conn.is_none();
+        pushes.life = if detached {
+            Life::Detached {
+                since: Instant::now(),
+            }
+        } else {
+            Life::Attached
+        };
+        for (route, payload) in std::mem::take(&mut pushes.backlog) {
+            self.number(&mut pushes, route, payload);
+        }
+        detached
+    }
+
+    /// Numbers a push, holds it for a resume and queues it on the connection (or keeps it
+    /// for the move or behind forwarded pushes, see the fields of `Pushes`).
     pub(crate) fn push(&self, route: u32, payload: Bytes) -> Pushed {
         let mut pushes = self.lock_pushes();
+        if !self.push_fits(route, &payload) {
+            return Pushed::TooLarge;
+        }
+        match pushes.life {
+            Life::Ended => return Pushed::Closed,
+            Life::Moving => {
+                pushes.backlog.push((route, payload));
+                return Pushed::Queued;
+            }
+            _ if !pushes.awaiting.is_empty() => {
+                pushes.held_back.push((route, payload));
+                return Pushed::Queued;
+            }
+            _ => {}
+        }
+        self.number(&mut pushes, route, payload)
+    }
+
+    /// A push forwarded by the gateway this session came from: numbered at once (it comes
+    /// before anything held back).
+    pub(crate) fn push_forwarded(&self, route: u32, payload: Bytes) -> Pushed {
+        let mut pushes = self.lock_pushes();
+        if !self.push_fits(route, &payload) {
+            return Pushed::TooLarge;
+        }
+        match pushes.life {
+            Life::Ended => Pushed::Closed,
+            Life::Moving => {
+                pushes.backlog.push((route, payload));
+                Pushed::Queued
+            }
+            _ => self.number(&mut pushes, route, payload),
+        }
+    }
+
+    /// The gateway this session came from forwards nothing more of `node`'s (or, with `None`,
+    /// of anyone's: it waited long enough). Once no node is awaited, the pushes held back are
+    /// numbered, in the order they came.
+    pub(crate) fn flushed(&self, node: Option<&NodeId>) {
+        let mut pushes = self.lock_pushes();
+        match node {
+            Some(node) => pushes.awaiting.retain(|n| n != node),
+            None => pushes.awaiting.clear(),
+        }
+        if pushes.awaiting.is_empty() && !pushes.held_back.is_empty() {
+            for (route, payload) in std::mem::take(&mut pushes.held_back) {
+                self.number(&mut pushes, route, payload);
+            }
+        }
+    }
+
+    fn push_fits(&self, route: u32, payload: &Bytes) -> bool {
+        envelope::push(u64::MAX, route, payload.clone()).encoded_len() <= self.limits.max_frame
+    }
+
+    /// Numbers a push, holds it for a resume and queues it on the connection.
+    fn number(&self, pushes: &mut Pushes, route: u32, payload: Bytes) -> Pushed {
         if pushes.life == Life::Ended {
             return Pushed::Closed;
         }
         let seq = pushes.next_seq;
-        if envelope::push(seq, route, payload.clone()).encoded_len() > self.limits.max_frame {
-            return Pushed::TooLarge;
-        }
         pushes.next_seq += 1;
-        self.hold(&mut pushes, seq, route, payload.clone());
+        self.hold(pushes, seq, route, payload.clone());
         if let Some(conn) = &pushes.conn
             && !conn.queue_push(PushFrame {
                 seq,
@@ -294,7 +523,7 @@ impl Session {
         answer: impl FnOnce(u64, bool, u64) -> Envelope,
     ) -> Result<Resumption, ErrorCode> {
         let mut pushes = self.lock_pushes();
-        if pushes.life == Life::Ended {
+        if matches!(pushes.life, Life::Ended | Life::Moving) {
             return Err(ErrorCode::SessionGone);
         }
         if self.epoch.load(Ordering::Acquire) != epoch {
@@ -428,6 +657,19 @@ impl Session {
         drop(state);
         self.drop_bindings(std::slice::from_ref(node))
     }
+}
+
+/// The nodes a moving session was bound to or watched by (each told that it moved).
+pub(crate) fn snapshot_nodes(snapshot: &gw::SessionSnapshot) -> Vec<NodeId> {
+    let mut nodes: Vec<NodeId> = snapshot
+        .bindings
+        .iter()
+        .map(|b| NodeId::new(b.node_id.as_str()))
+        .chain(snapshot.watchers.iter().map(|w| NodeId::new(w.as_str())))
+        .collect();
+    nodes.sort();
+    nodes.dedup();
+    nodes
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -244,6 +244,26 @@ impl Sessions {
         self.lock().by_id.len()
     }
 
+    /// Adds a session another gateway handed over; returns how many sessions there are now.
+    /// An older session of the same user here (there should be none) is given back to be
+    /// ended.
+    pub(crate) fn adopt(&self, session: Arc<Session>) -> (usize, Option<Arc<Session>>) {
+        let count;
+        let displaced;
+        {
+            let mut index = self.lock();
+            let user = session.user();
+            index.by_id.insert(session.id, session.clone());
+            displaced = user
+                .and_then(|user| index.by_user.insert(user, session.id))
+                .filter(|id| *id != session.id)
+                .and_then(|id| index.by_id.get(&id).cloned());
+            count = index.by_id.len();
+        }
+        self.changed.notify_waiters();
+        (count, displaced)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
         self.index
             .lock()

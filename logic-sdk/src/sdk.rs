@@ -397,21 +397,48 @@ impl Sdk {
             .collect();
         let (targets, to_every_gateway) =
             push_targets(&recipients, self.gateways_knowing(&named).await?);
-        let user_ids: Vec<String> = recipients.into_iter().map(|r| r.user_id).collect();
-        let request = pb::PushRequest {
-            user_ids: user_ids.clone(),
-            route,
-            payload: payload.into(),
-            local_only: true,
-            to_every_gateway,
-        };
-        let answers = self
-            .mesh
-            .fan_out(targets, self.gateway_timeout, |channel| {
-                let request = request.clone();
-                async move { GatewayClient::new(channel).push(request).await }
-            })
-            .await;
+        let payload: Bytes = payload.into();
+        let user_ids: Vec<String> = recipients.iter().map(|r| r.user_id.clone()).collect();
+        // Each gateway is asked for the users it holds, or (a recipient's gateway unknown)
+        // every gateway for everyone: a gateway forwards a push for a user who just moved
+        // away only when the push was meant for it alone.
+        let mut per_gateway: BTreeMap<NodeId, Vec<String>> = BTreeMap::new();
+        for recipient in recipients {
+            match recipient.gateway {
+                Some(gateway) if !to_every_gateway => {
+                    per_gateway
+                        .entry(gateway)
+                        .or_default()
+                        .push(recipient.user_id);
+                }
+                _ => {}
+            }
+        }
+        if to_every_gateway {
+            per_gateway = targets
+                .into_iter()
+                .map(|gateway| (gateway, user_ids.clone()))
+                .collect();
+        }
+        let calls = per_gateway.into_iter().map(|(gateway, users)| {
+            let request = pb::PushRequest {
+                user_ids: users,
+                route,
+                payload: payload.clone(),
+                local_only: true,
+                to_every_gateway,
+            };
+            self.mesh
+                .fan_out(vec![gateway], self.gateway_timeout, move |channel| {
+                    let request = request.clone();
+                    async move { GatewayClient::new(channel).push(request).await }
+                })
+        });
+        let answers = futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
         Ok(merge(user_ids, answers))
     }
 

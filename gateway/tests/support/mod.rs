@@ -60,7 +60,9 @@ impl TestGateway {
             ]
             .map(String::from),
         );
-        args.extend(["--drain-grace-ms", "1000"].map(String::from));
+        if !extra.contains(&"--drain-grace-ms") {
+            args.extend(["--drain-grace-ms", "1000"].map(String::from));
+        }
         if !extra.contains(&"--rate-limit") {
             args.extend(["--rate-limit", "0"].map(String::from));
         }

@@ -1,0 +1,547 @@
+//! Sessions that move between gateways, and pushes that follow them.
+//!
+//! A session moves by a hand-over (`hand_over`): the old gateway marks it moving (pushes wait,
+//! unnumbered), sends a snapshot to the new gateway (`AdoptSession`), and once that gateway
+//! holds it:
+//! 1. registers a forwarding entry for the user and, under the session's pushes lock, queues the
+//!    pushes that waited to be forwarded, so every later push for the user is forwarded after
+//!    them, in the order it arrives;
+//! 2. tells every node the session was bound to or watched by that the user moved (`Moved`, up
+//!    the link after the session's calls). Each node sends the user's later pushes to the new
+//!    gateway and answers `MovedAck` after the pushes it had already sent this way; the old
+//!    gateway forwards those, then a `Flushed` marker for that node.
+//!
+//! The new gateway numbers forwarded pushes at once and holds back pushes that reach it
+//! directly until every such node is flushed (or `SETTLE` passes), so the user gets each push
+//! once, in each node's order, with no gap in `seq`. Deliveries a node sent to every gateway
+//! (recipient's gateway unknown) are not forwarded: the new gateway got its own copy.
+//!
+//! The same hand-over serves a drain (the gateway moves its sessions to the least-loaded other
+//! gateway and tells each client `MIGRATE_TO`), a client's `MIGRATE`, and a resume on another
+//! gateway (`TakeSession`: the gateway holding the session hands it to the one asking).
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use mesh::{NodeId, PeerChannel};
+use proto::{
+    client::v1::{Envelope, Kind, MigrateTo},
+    gateway::v1::{self as pb, forward_item::Item, gateway_client::GatewayClient},
+    logic::v1::Moved,
+};
+use tokio::{sync::mpsc, time::Instant};
+use tracing::{debug, info, warn};
+use wire::{ErrorCode, envelope};
+
+use crate::{
+    conn::{Conn, Ending},
+    gateway::{FORWARD_TIMEOUT, Gateway},
+    session::{Pushed, Session, snapshot_nodes},
+};
+
+/// How long pushes for a moved user are forwarded to its new gateway.
+const FORWARD_FOR: Duration = Duration::from_secs(60);
+/// How long an adopted session holds back pushes that reach it directly while the old gateway
+/// still forwards (a node that never answers `Moved` does not hold them for longer).
+const SETTLE: Duration = Duration::from_secs(3);
+/// Forwarded items queued toward one gateway before more are dropped (and counted).
+const FORWARD_QUEUE: usize = 65_536;
+/// Most items in one `Forward` call.
+const FORWARD_BATCH: usize = 1024;
+
+/// Why a session could not move.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum MoveError {
+    #[error("the session is not here to move (ended, or moving already)")]
+    NotHere,
+    #[error("no other gateway can take it")]
+    NoGateway,
+    #[error("the other gateway did not adopt it: {0}")]
+    NotAdopted(String),
+}
+
+struct Forwarding {
+    to: NodeId,
+    until: Instant,
+}
+
+/// Users whose session moved away from here, and the ordered queues toward their gateways.
+#[derive(Default)]
+pub(crate) struct Forwards {
+    users: Mutex<HashMap<String, Forwarding>>,
+    queues: Mutex<HashMap<NodeId, mpsc::Sender<pb::ForwardItem>>>,
+    /// Users with a forwarding entry (a delivery checks this before looking users up one by one).
+    count: AtomicUsize,
+    /// `Moved` notices not answered yet, and items queued or being sent: a draining gateway
+    /// waits for both to reach 0 (briefly) before it leaves.
+    unacked: AtomicUsize,
+    unsent: AtomicUsize,
+    /// Push and PushBatch calls being handled now (a `Moved` answer waits for those that
+    /// started before it: a node's awaited push may still be on its way in).
+    pub(crate) active_pushes: AtomicUsize,
+}
+
+/// Counts one Push or PushBatch call while it is handled.
+pub(crate) struct ActivePush<'a>(&'a Forwards);
+
+impl<'a> ActivePush<'a> {
+    pub(crate) fn new(forwards: &'a Forwards) -> Self {
+        forwards.active_pushes.fetch_add(1, Ordering::AcqRel);
+        Self(forwards)
+    }
+}
+
+impl Drop for ActivePush<'_> {
+    fn drop(&mut self) {
+        self.0.active_pushes.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Forwards {
+    /// True when some user's pushes are being forwarded.
+    pub(crate) fn any(&self) -> bool {
+        self.count.load(Ordering::Relaxed) > 0
+    }
+
+    fn users(&self) -> MutexGuard<'_, HashMap<String, Forwarding>> {
+        self.users.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Where `user`'s pushes go now, if they moved away from here recently.
+    fn target(&self, user: &str) -> Option<NodeId> {
+        let users = self.users();
+        users
+            .get(user)
+            .filter(|f| f.until > Instant::now())
+            .map(|f| f.to.clone())
+    }
+
+    fn start(&self, user: &str, to: &NodeId) {
+        let mut users = self.users();
+        let now = Instant::now();
+        users.retain(|_, f| f.until > now);
+        users.insert(
+            user.to_owned(),
+            Forwarding {
+                to: to.clone(),
+                until: now + FORWARD_FOR,
+            },
+        );
+        self.count.store(users.len(), Ordering::Relaxed);
+    }
+
+    /// True when every `Moved` was answered and everything forwarded was sent.
+    pub(crate) fn settled(&self) -> bool {
+        self.unacked.load(Ordering::Acquire) == 0 && self.unsent.load(Ordering::Acquire) == 0
+    }
+
+    fn unacked_done(&self) {
+        let _ = self
+            .unacked
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
+    /// Nothing of `node`'s for `user` comes this way any more; the new gateway is told after
+    /// what was forwarded.
+    pub(crate) fn flushed(&self, user: &str, node: &NodeId) {
+        let Some(to) = self.target(user) else { return };
+        let item = Item::Flushed(pb::Flushed {
+            user_id: user.to_owned(),
+            node: node.to_string(),
+        });
+        self.enqueue(&to, item);
+    }
+
+    fn enqueue(&self, to: &NodeId, item: Item) {
+        let queues = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(queue) = queues.get(to) else {
+            warn!(gateway = %to, "no forwarding queue toward a gateway; dropping a forwarded item");
+            return;
+        };
+        self.unsent.fetch_add(1, Ordering::AcqRel);
+        if queue
+            .try_send(pb::ForwardItem { item: Some(item) })
+            .is_err()
+        {
+            self.unsent.fetch_sub(1, Ordering::AcqRel);
+            warn!(gateway = %to, "the forwarding queue is full; dropping a forwarded push");
+            ::metrics::counter!(crate::metrics::FORWARDS, "outcome" => "dropped").increment(1);
+        }
+    }
+}
+
+impl Gateway {
+    /// Hands `session` over to gateway `to` (see the module doc); on success the session is
+    /// over here, its connection (if any) returned to be told where it went.
+    pub(crate) async fn hand_over(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        to: &NodeId,
+    ) -> Result<(pb::Adopted, Option<Arc<Conn>>), MoveError> {
+        let was_detached = session.start_moving().ok_or(MoveError::NotHere)?;
+        let snapshot = session.snapshot(&self.node_id);
+        let nodes = snapshot_nodes(&snapshot);
+        let answer = self
+            .call_gateway(to, |mut client| {
+                let snapshot = snapshot.clone();
+                async move { client.adopt_session(snapshot).await }
+            })
+            .await;
+        let adopted = match answer {
+            Ok(adopted) => adopted,
+            Err(error) => {
+                self.move_failed(session, was_detached);
+                return Err(MoveError::NotAdopted(error));
+            }
+        };
+        let user = session.user().as_deref().unwrap_or_default().to_owned();
+        self.ensure_forward_queue(to);
+        self.forwards.start(&user, to);
+        let conn = session.moved_away(|backlog| {
+            for (route, payload) in backlog {
+                self.forward_push(to, &user, route, payload, None);
+            }
+        });
+        if was_detached {
+            self.detached_changed(-1);
+        }
+        let count = self.sessions.remove(session);
+        self.sessions_changed(count);
+        let moved = Moved {
+            user_id: user.clone(),
+            to_gateway: to.to_string(),
+        };
+        for node in &nodes {
+            if self.send_moved(node, moved.clone()) {
+                self.forwards.unacked.fetch_add(1, Ordering::AcqRel);
+            } else {
+                // Gone: it sends nothing more; say so at once.
+                self.forwards.flushed(&user, node);
+            }
+        }
+        info!(session = session.id, user, to = %to, "session handed over");
+        ::metrics::counter!(crate::metrics::MOVES, "outcome" => "moved").increment(1);
+        Ok((adopted, conn))
+    }
+
+    /// One call to another gateway's service, within the forwarding timeout.
+    async fn call_gateway<T, F, Fut>(&self, to: &NodeId, call: F) -> Result<T, String>
+    where
+        F: Fn(GatewayClient<PeerChannel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.mesh
+            .fan_out(vec![to.clone()], FORWARD_TIMEOUT, |channel| {
+                call(GatewayClient::new(channel))
+            })
+            .await
+            .pop()
+            .map_or_else(
+                || Err("no answer".to_owned()),
+                |a| a.result.map_err(|e| e.to_string()),
+            )
+    }
+
+    fn move_failed(self: &Arc<Self>, session: &Arc<Session>, was_detached: bool) {
+        ::metrics::counter!(crate::metrics::MOVES, "outcome" => "failed").increment(1);
+        if session.stop_moving() {
+            // Held without a connection (its own ended during the move): a new window.
+            if !was_detached {
+                self.detached_changed(1);
+            }
+            self.hold_detached(session);
+        }
+    }
+
+    /// The least-loaded other online gateway (fewest sessions, then id: no ties).
+    pub(crate) fn move_target(&self) -> Option<NodeId> {
+        let members = self.mesh.cluster().members();
+        self.other_gateways()
+            .into_iter()
+            .filter_map(|id| {
+                let node = members.get(&id)?;
+                node.is_online().then_some((node.load.sessions, id))
+            })
+            .min()
+            .map(|(_, id)| id)
+    }
+
+    /// Moves the session `conn` carries to another gateway and tells the client where
+    /// (`MIGRATE_TO`, then the close). Requests already received are answered first.
+    pub(crate) async fn migrate(
+        self: &Arc<Self>,
+        conn: &Arc<Conn>,
+        session: &Arc<Session>,
+    ) -> Result<(), MoveError> {
+        if session.user().is_none() {
+            return Err(MoveError::NotHere);
+        }
+        let to = self.move_target().ok_or(MoveError::NoGateway)?;
+        conn.requests_done().await;
+        let (adopted, _) = self.hand_over(session, &to).await?;
+        let migrate_to = Envelope {
+            kind: Kind::MigrateTo as i32,
+            migrate_to: Some(MigrateTo {
+                addresses: adopted.addresses,
+                token: adopted.token,
+            }),
+            ..Envelope::default()
+        };
+        conn.end_with(
+            Ending::Moved,
+            "the session moved to another gateway",
+            &migrate_to,
+        );
+        Ok(())
+    }
+
+    /// Answers a client's MIGRATE: the answer, then `MIGRATE_TO` and the close; or
+    /// `MIGRATION_UNAVAILABLE` (the session stays).
+    pub(crate) async fn client_migrate(
+        self: &Arc<Self>,
+        conn: &Arc<Conn>,
+        session: &Arc<Session>,
+        msg_id: u32,
+    ) {
+        // The reader waits for this (so no new request is read meanwhile); the answer must
+        // precede MIGRATE_TO: queue it first, then move.
+        let result = match self.move_target() {
+            None => Err(MoveError::NoGateway),
+            Some(_) if session.user().is_none() => Err(MoveError::NotHere),
+            Some(_) => {
+                conn.send(&envelope::response(
+                    msg_id,
+                    0,
+                    0,
+                    String::new(),
+                    Bytes::new(),
+                ));
+                self.migrate(conn, session).await
+            }
+        };
+        if let Err(error) = result {
+            debug!(session = session.id, %error, "a migrate was refused");
+            conn.send(&envelope::error(
+                msg_id,
+                0,
+                ErrorCode::MigrationUnavailable,
+                "the session cannot move now; it stays on this gateway",
+            ));
+        }
+    }
+
+    /// A node answered a `Moved` notice: once the push calls being handled now are done (one
+    /// of them may carry that node's last push for the user), the new gateway is told.
+    pub(crate) fn moved_acked(self: &Arc<Self>, user: String, node: NodeId) {
+        if self.forwards.active_pushes.load(Ordering::Acquire) == 0 {
+            self.forwards.flushed(&user, &node);
+            self.forwards.unacked_done();
+            return;
+        }
+        let gateway = self.clone();
+        self.tracker.spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(1);
+            while gateway.forwards.active_pushes.load(Ordering::Acquire) > 0
+                && Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            gateway.forwards.flushed(&user, &node);
+            gateway.forwards.unacked_done();
+        });
+    }
+
+    /// Waits (at most `limit`) until every node answered its `Moved` notices and everything
+    /// forwarded was sent, then stops the forwarding queues (what they hold is still sent).
+    pub(crate) async fn settle_forwards(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self.forwards.settled() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if !self.forwards.settled() {
+            warn!(
+                "moved sessions not settled when the gateway stops: forwarded pushes may be lost"
+            );
+        }
+        self.forwards
+            .queues
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
+    fn ensure_forward_queue(self: &Arc<Self>, to: &NodeId) {
+        let mut queues = self
+            .forwards
+            .queues
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if queues.get(to).is_some_and(|q| !q.is_closed()) {
+            return;
+        }
+        let (tx, rx) = mpsc::channel(FORWARD_QUEUE);
+        queues.insert(to.clone(), tx);
+        self.tracker
+            .spawn(self.clone().forward_loop(to.clone(), rx));
+    }
+
+    /// Sends what is queued toward `to`, in order, one call at a time.
+    async fn forward_loop(self: Arc<Self>, to: NodeId, mut queue: mpsc::Receiver<pb::ForwardItem>) {
+        let mut items = Vec::with_capacity(FORWARD_BATCH);
+        loop {
+            // Ends once the gateway dropped the queue's sender and everything was sent.
+            if queue.recv_many(&mut items, FORWARD_BATCH).await == 0 {
+                return;
+            }
+            let batch = pb::ForwardBatch {
+                from_gateway: self.node_id.to_string(),
+                items: std::mem::take(&mut items),
+            };
+            let sent = batch.items.len() as u64;
+            let answer = self
+                .call_gateway(&to, |mut client| {
+                    let batch = batch.clone();
+                    async move { client.forward(batch).await }
+                })
+                .await;
+            self.forwards
+                .unsent
+                .fetch_sub(sent as usize, Ordering::AcqRel);
+            match answer {
+                Ok(_) => {
+                    ::metrics::counter!(crate::metrics::FORWARDS, "outcome" => "sent")
+                        .increment(sent);
+                }
+                Err(error) => {
+                    warn!(gateway = %to, items = sent, %error, "forwarded pushes were not taken");
+                    ::metrics::counter!(crate::metrics::FORWARDS, "outcome" => "lost")
+                        .increment(sent);
+                }
+            }
+        }
+    }
+
+    /// Queues a push for a user who moved to `to`.
+    fn forward_push(
+        &self,
+        to: &NodeId,
+        user: &str,
+        route: u32,
+        payload: Bytes,
+        from: Option<&NodeId>,
+    ) {
+        let item = Item::Push(pb::Forwarded {
+            user_id: user.to_owned(),
+            route,
+            payload,
+            from_node: from.map(ToString::to_string).unwrap_or_default(),
+        });
+        self.forwards.enqueue(to, item);
+    }
+
+    /// A push for `user`, who has no session here: forwarded if they moved away recently
+    /// (unless the push was sent to every gateway). True when forwarded.
+    pub(crate) fn forward_if_moved(
+        &self,
+        user: &str,
+        route: u32,
+        payload: &Bytes,
+        from: Option<&NodeId>,
+        to_every_gateway: bool,
+    ) -> bool {
+        if to_every_gateway || !self.forwards.any() {
+            return false;
+        }
+        let Some(to) = self.forwards.target(user) else {
+            return false;
+        };
+        self.forward_push(&to, user, route, payload.clone(), from);
+        true
+    }
+
+    /// Installs a session handed over by another gateway (held until its client resumes); its
+    /// direct pushes wait for the old gateway's forwarding for at most `SETTLE`.
+    pub(crate) fn adopt(self: &Arc<Self>, snapshot: pb::SessionSnapshot) -> pb::Adopted {
+        let session = Session::adopt(snapshot, self.limits.session);
+        let (count, displaced) = self.sessions.adopt(session.clone());
+        self.sessions_changed(count);
+        if let Some(older) = displaced {
+            self.kick_session(
+                &older,
+                ErrorCode::LoggedInElsewhere as u32,
+                "logged in from another connection",
+            );
+        }
+        self.detached_changed(1);
+        self.hold_detached(&session);
+        let settling = session.clone();
+        self.tracker.spawn(async move {
+            tokio::time::sleep(SETTLE).await;
+            settling.flushed(None);
+        });
+        let info = self.session_info(&session, session.epoch());
+        info!(session = session.id, user = %info.user_id, "session adopted");
+        pb::Adopted {
+            token: info.resume_token,
+            token_expires_at_ms: info.token_expires_at_ms,
+            addresses: self.client_addresses(),
+        }
+    }
+
+    /// This gateway's client addresses, as announced in its member record.
+    pub(crate) fn client_addresses(&self) -> Vec<String> {
+        self.mesh
+            .cluster()
+            .members()
+            .get(&self.node_id)
+            .and_then(|n| n.client_addr.clone())
+            .map(|a| a.split(',').map(str::to_owned).collect())
+            .unwrap_or_default()
+    }
+
+    /// Takes forwarded pushes and markers from the gateway the users came from, in order.
+    pub(crate) fn take_forwarded(&self, batch: pb::ForwardBatch) {
+        let from = NodeId::new(batch.from_gateway.as_str());
+        for item in batch.items {
+            match item.item {
+                Some(Item::Push(push)) => {
+                    let node = (!push.from_node.is_empty()).then(|| NodeId::new(push.from_node));
+                    let outcome = self
+                        .sessions
+                        .by_user(&push.user_id)
+                        .map(|s| s.push_forwarded(push.route, push.payload.clone()));
+                    match outcome {
+                        Some(Pushed::Queued) => self.metrics.pushes.increment(1),
+                        // Moved on again: pass it on.
+                        _ if self.forward_if_moved(
+                            &push.user_id,
+                            push.route,
+                            &push.payload,
+                            node.as_ref(),
+                            false,
+                        ) => {}
+                        _ => {
+                            debug!(user = push.user_id, gateway = %from, "a forwarded push for a user not here");
+                            ::metrics::counter!(crate::metrics::FORWARDS, "outcome" => "unclaimed")
+                                .increment(1);
+                        }
+                    }
+                }
+                Some(Item::Flushed(flushed)) => {
+                    if let Some(session) = self.sessions.by_user(&flushed.user_id) {
+                        session.flushed(Some(&NodeId::new(flushed.node)));
+                    }
+                }
+                None => {}
+            }
+        }
+    }
+}
