@@ -8,6 +8,7 @@ use std::{sync::Arc, time::Duration};
 
 use futures::future::join_all;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use wire::{ErrorCode, envelope};
 
@@ -19,15 +20,17 @@ use crate::{
 /// How long drain waits for kicked sessions to finish closing.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
-/// The longest a drain with `grace` takes: the grace, the answers to requests in flight at its
-/// end, and the closing (the node gives the drain this long, plus a margin).
-pub(crate) fn budget(grace: Duration, limits: &Limits) -> Duration {
-    grace + limits.request_timeout + CLOSE_WAIT * 2
+/// How much longer than its grace a drain may take: the answers to requests in flight at the
+/// grace's end, the moves, and the closing (the node gives the drain this long, plus a margin).
+pub(crate) fn overrun(limits: &Limits) -> Duration {
+    limits.request_timeout + CLOSE_WAIT * 2
 }
 
 impl Gateway {
-    /// Drains within [`budget`]: see the module doc.
-    pub(crate) async fn drain(self: &Arc<Self>, grace: Duration) {
+    /// Drains within the grace and [`overrun`]: see the module doc. A drain cancelled
+    /// (`undrain`) before the grace ends stops there: the clients that moved are gone, the
+    /// others stay (they were told OFFLINE; nothing more happens to them).
+    pub(crate) async fn drain(self: &Arc<Self>, grace: Duration, undrain: CancellationToken) {
         let deadline = Instant::now() + grace;
         let sessions = self.sessions.all();
         info!(
@@ -40,7 +43,14 @@ impl Gateway {
             conn.send(&offline);
         }
         drop(sessions);
-        if !self.wait_until_empty(deadline).await {
+        let emptied = tokio::select! {
+            emptied = self.wait_until_empty(deadline) => emptied,
+            _ = undrain.cancelled() => {
+                info!(sessions = self.sessions.len(), "drain cancelled: keeping the sessions still here");
+                return;
+            }
+        };
+        if !emptied {
             let remaining = self.sessions.all();
             info!(
                 sessions = remaining.len(),

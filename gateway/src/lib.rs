@@ -249,20 +249,18 @@ pub struct RunningGateway {
     gateway: Arc<Gateway>,
     stop_accepting: CancellationToken,
     accept_tasks: TaskTracker,
-    drain_grace: Duration,
 }
 
 /// Starts the gateway: joins the cluster, serves gRPC and accepts clients; returns once it
 /// does, with its bound addresses.
 pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<RunningGateway> {
     let mut node_config = config.node.node_config(NodeKind::GATEWAY);
-    let drain_grace = node_config.drain_grace;
     let ws_addr = listeners.ws.local_addr()?;
     let tcp_addr = listeners.tcp.local_addr()?;
     let limits = limits(&config);
     // The node waits for the whole drain: the grace, the answers to requests in flight at its
-    // end, and the closing.
-    node_config.drain_grace = drain::budget(drain_grace, &limits) + Duration::from_secs(1);
+    // end, the moves and the closing.
+    node_config.drain_overrun = drain::overrun(&limits) + Duration::from_secs(1);
     let mut node = Node::start(node_config, listeners.node, |record| {
         let host = config
             .public_host
@@ -310,7 +308,6 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<Runni
         gateway,
         stop_accepting,
         accept_tasks,
-        drain_grace,
     })
 }
 
@@ -323,14 +320,12 @@ impl RunningGateway {
             gateway,
             stop_accepting,
             accept_tasks,
-            drain_grace,
             ..
         } = self;
-        let draining = gateway.clone();
-        node.run(
-            shutdown,
-            || async move { draining.drain(drain_grace).await },
-        )
+        node.run(shutdown, |drain| {
+            let gateway = gateway.clone();
+            async move { gateway.drain(drain.grace, drain.undrain).await }
+        })
         .await;
         stop_accepting.cancel();
         accept_tasks.wait().await;

@@ -332,3 +332,125 @@ async fn a_draining_gateway_moves_clients_that_ask_and_exits_before_its_grace_en
 async fn clients_that_ignore_offline_are_moved_when_the_grace_ends() {
     drain_with_clients(10, false, "1000", Pushing::Awaited).await;
 }
+
+/// `method path` on gateway A's admin endpoint with `token`: (status, body).
+fn admin(gateway: &TestGateway, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    testkit::http_request(gateway.admin, method, path, token)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_started_by_the_admin_api_can_be_cancelled() {
+    let pair = Pair::start(&["--admin-token", "sesame"]).await;
+    let (stays, mut stays_events) = joined(pair.a.tcp_address(), "stays").await;
+
+    // The drain operations want the token.
+    assert_eq!(admin(&pair.a, "POST", "/admin/drain", None).0, 401);
+    assert_eq!(admin(&pair.a, "POST", "/admin/drain", Some("wrong")).0, 401);
+    assert_eq!(
+        admin(&pair.b, "POST", "/admin/drain", Some("sesame")).0,
+        403,
+        "B has no token"
+    );
+    assert_eq!(
+        admin(
+            &pair.a,
+            "POST",
+            "/admin/drain?grace_ms=soon",
+            Some("sesame")
+        )
+        .0,
+        400
+    );
+
+    let (status, body) = admin(
+        &pair.a,
+        "POST",
+        "/admin/drain?grace_ms=20000",
+        Some("sesame"),
+    );
+    assert_eq!(status, 200, "{body}");
+    let drain: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(drain["state"], "draining");
+    assert_eq!(drain["node_id"], "gw-a");
+    // The client is told; a new client is turned away while A drains.
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), stays_events.next()).await {
+            Ok(Some(Event::Offline { grace })) => {
+                assert!(grace > Duration::from_secs(15), "{grace:?}");
+                break;
+            }
+            Ok(Some(_)) => {}
+            other => panic!("no offline notice: {other:?}"),
+        }
+    }
+    eventually("A turns new clients away", Duration::from_secs(5), || {
+        let (_, body) = admin(&pair.a, "GET", "/admin/drain", Some("sesame"));
+        body.contains("\"draining\"")
+    })
+    .await;
+    let (turned, mut turned_events) = Client::connect(pair.a.tcp_address()).await.expect("tcp");
+    match tokio::time::timeout(Duration::from_secs(5), turned_events.next()).await {
+        Ok(Some(Event::Kicked { code, .. })) => {
+            assert_eq!(code, client::ErrorCode::ServerDraining as u32);
+        }
+        other => panic!(
+            "a new client was not turned away: {other:?} {:?}",
+            turned.resume_ticket()
+        ),
+    }
+
+    // Cancelled: A is back online, keeps the client that stayed, and takes new ones.
+    let (status, body) = admin(&pair.a, "POST", "/admin/undrain", Some("sesame"));
+    assert_eq!(status, 200, "{body}");
+    eventually("A is online again", Duration::from_secs(5), || {
+        admin(&pair.a, "GET", "/admin/drain", Some("sesame"))
+            .1
+            .contains("\"online\"")
+    })
+    .await;
+    assert_eq!(text(&where_am_i(&stays).await), "r1");
+    pair.b.wait_for_nodes(gateway_kind(), 2).await;
+    let (fresh, _events) = joined(pair.a.tcp_address(), "fresh").await;
+    assert_eq!(text(&where_am_i(&fresh).await), "r1");
+    // Nothing to cancel now.
+    assert_eq!(
+        admin(&pair.a, "POST", "/admin/undrain", Some("sesame")).0,
+        409
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_grpc_service_drains_with_the_cluster_credential() {
+    use proto::admin::v1::{self as admin_pb, admin_client::AdminClient};
+    let pair = Pair::start(&[]).await;
+    let (_client, _events) = joined(pair.a.tcp_address(), "ann").await;
+    let mut admin = AdminClient::new(pair.a.grpc_channel().await);
+    // What it holds is its published load (republished every 100 ms in these tests).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = admin
+            .status(admin_pb::StatusRequest {})
+            .await
+            .expect("status")
+            .into_inner();
+        assert_eq!(status.state, "online");
+        if status.holding == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "holding {}", status.holding);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = admin
+        .drain(admin_pb::DrainRequest { grace_ms: 30_000 })
+        .await
+        .expect("drain")
+        .into_inner();
+    assert_eq!(status.state, "draining");
+    assert!(status.grace_left_ms > 25_000);
+    let status = admin
+        .undrain(admin_pb::UndrainRequest {})
+        .await
+        .expect("undrain")
+        .into_inner();
+    assert_eq!(status.node_id, "gw-a");
+}

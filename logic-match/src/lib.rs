@@ -19,7 +19,7 @@ use logic_sdk::{Context, LogicError, LogicServer, Reply, RunningLogic, Sdk, Sess
 use mesh::NodeKind;
 use prost::Message;
 use proto::matchmaking::v1::{self as mm, errors, routes};
-use runtime::{Listeners, NodeArgs};
+use runtime::{Held, Listeners, NodeArgs};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{info, warn};
 
@@ -148,14 +148,23 @@ impl MatchServer {
         let sdk = running.sdk.clone();
         running
             .node
-            .run(shutdown, || async move {
-                let drained = matchmaker.lock().drain_all();
-                info!(players = drained.len(), "drain: queues emptied");
-                cancel_queued(&sdk, drained);
-                matchmaker.placements.close();
-                matchmaker.placements.wait().await;
-                // Let the pushes leave before the node does.
-                sdk.flush_pushes().await;
+            .run(shutdown, |drain| {
+                let (matchmaker, sdk) = (matchmaker.clone(), sdk.clone());
+                async move {
+                    // A requested drain waits for the queues to empty by themselves (no new
+                    // tickets while offline), unless it is cancelled.
+                    if drain.hold_while(|| matchmaker.lock().queued() > 0).await == Held::Undrained
+                    {
+                        return;
+                    }
+                    let drained = matchmaker.lock().drain_all();
+                    info!(players = drained.len(), "drain: queues emptied");
+                    cancel_queued(&sdk, drained);
+                    matchmaker.placements.close();
+                    matchmaker.placements.wait().await;
+                    // Let the pushes leave before the node does.
+                    sdk.flush_pushes().await;
+                }
             })
             .await;
     }

@@ -117,6 +117,11 @@ impl Queues {
         self.take_match(mode, size)
     }
 
+    /// How many users wait in any queue.
+    pub(crate) fn queued(&self) -> usize {
+        self.queued.len()
+    }
+
     /// Empties every queue: the tickets that were waiting, with their modes.
     pub(crate) fn drain_all(&mut self) -> Vec<(String, Ticket)> {
         self.queued.clear();

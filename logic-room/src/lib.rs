@@ -21,6 +21,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 use clap::Parser;
 use logic_sdk::{BindMode, RunningLogic, Sdk};
 use mesh::NodeKind;
+use runtime::Held;
 use runtime::{Listeners, NodeArgs};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -104,7 +105,21 @@ impl RoomServer {
     pub async fn run(self, shutdown: CancellationToken) {
         let RoomServer { running, rooms } = self;
         let sdk = running.sdk.clone();
-        running.node.run(shutdown, || drain(rooms, sdk)).await;
+        running
+            .node
+            .run(shutdown, |requested| {
+                let (rooms, sdk) = (rooms.clone(), sdk.clone());
+                async move {
+                    // A requested drain keeps the rooms while players finish (no new rooms
+                    // or members while offline), unless it is cancelled; then as on SIGTERM.
+                    let busy = || rooms.counts().rooms > 0;
+                    if requested.hold_while(busy).await == Held::Undrained {
+                        return;
+                    }
+                    drain(rooms, sdk).await;
+                }
+            })
+            .await;
     }
 }
 

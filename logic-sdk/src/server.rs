@@ -230,7 +230,10 @@ impl<S: Clone + Send + Sync + 'static> LogicServer<S> {
         let sdk = running.sdk.clone();
         running
             .node
-            .run(shutdown, || async move { sdk.flush_pushes().await })
+            .run(shutdown, |_| {
+                let sdk = sdk.clone();
+                async move { sdk.flush_pushes().await }
+            })
             .await;
         Ok(())
     }

@@ -211,6 +211,13 @@ impl Cluster {
         info!(node = %self.self_id(), "node is offline: draining");
     }
 
+    /// Comes back online after a cancelled drain: peers send new work again.
+    pub async fn go_online(&self) {
+        self.lock_me().state = NodeState::Online;
+        self.publish().await;
+        info!(node = %self.self_id(), "node is online again");
+    }
+
     /// Leaves the cluster: peers see this node gone as soon as gossip carries the news.
     pub async fn leave(&self) {
         self.inner.membership.leave().await;

@@ -72,6 +72,12 @@ pub struct NodeArgs {
     #[arg(long, env = "SWITCHYARD_DRAIN_GRACE_MS", default_value_t = 10_000)]
     pub drain_grace_ms: u64,
 
+    /// Bearer token of the admin HTTP endpoint's drain operations (`POST /admin/drain`,
+    /// `/admin/undrain`); unset: they are refused. The gRPC `Admin` service takes the cluster
+    /// credential instead.
+    #[arg(long, env = "SWITCHYARD_ADMIN_TOKEN")]
+    pub admin_token: Option<String>,
+
     /// Default timeout of mesh requests and reliable sends, in milliseconds.
     #[arg(long, env = "SWITCHYARD_MESH_TIMEOUT_MS", default_value_t = 3000)]
     pub mesh_timeout_ms: u64,
@@ -142,8 +148,12 @@ pub struct NodeConfig {
     pub advertise_host: Option<String>,
     /// How often load is republished.
     pub load_interval: Duration,
-    /// Drain grace period on shutdown.
+    /// Drain grace period on shutdown (what clients are told).
     pub drain_grace: Duration,
+    /// How much longer than the grace a drain may take (to finish what the grace's end starts).
+    pub drain_overrun: Duration,
+    /// Bearer token of the admin HTTP drain operations (`None`: refused).
+    pub admin_token: Option<String>,
     /// Where to write bound addresses once serving.
     pub ready_file: Option<PathBuf>,
 }
@@ -161,6 +171,8 @@ impl NodeConfig {
             advertise_host: None,
             load_interval: Duration::from_secs(1),
             drain_grace: Duration::from_secs(10),
+            drain_overrun: Duration::ZERO,
+            admin_token: None,
             ready_file: None,
         }
     }
@@ -197,6 +209,8 @@ impl NodeArgs {
             advertise_host: self.advertise_host.clone(),
             load_interval: Duration::from_millis(self.load_interval_ms.max(10)),
             drain_grace: Duration::from_millis(self.drain_grace_ms),
+            drain_overrun: Duration::ZERO,
+            admin_token: self.admin_token.clone().filter(|t| !t.is_empty()),
             ready_file: self.ready_file.clone(),
         }
     }

@@ -16,11 +16,13 @@
 
 mod admin;
 pub mod config;
+pub mod drain;
 pub mod flavor;
 pub mod node;
 pub mod signal;
 pub mod telemetry;
 
 pub use config::{ListenDefaults, LogFormat, NodeArgs, NodeConfig};
+pub use drain::{Drain, DrainControl, DrainState, Held};
 pub use flavor::RuntimeFlavor;
 pub use node::{BoundAddrs, Listeners, Node, StartError};

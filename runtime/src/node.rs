@@ -18,7 +18,14 @@ use tonic::{
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tracing::{info, warn};
 
-use crate::{admin, config::NodeConfig, telemetry};
+use proto::admin::v1::{self as admin_pb, admin_server::AdminServer};
+
+use crate::{
+    admin,
+    config::NodeConfig,
+    drain::{Drain, DrainControl, DrainStatus},
+    telemetry,
+};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +140,8 @@ pub struct Node {
     /// Stops the servers and background tasks, after the node has left.
     stop: CancellationToken,
     tracker: TaskTracker,
+    /// Drains asked for through the admin API.
+    drains: DrainControl,
 }
 
 impl Node {
@@ -144,6 +153,7 @@ impl Node {
         prepare: impl FnOnce(&mut NodeInfo),
     ) -> Result<Self, StartError> {
         let credential = Credential::new(&config.secret)?;
+        let config_grace = config.drain_grace;
         if config.secret == crate::config::DEV_SECRET {
             warn!(
                 "using the development cluster secret; set SWITCHYARD_CLUSTER_SECRET in production"
@@ -211,6 +221,7 @@ impl Node {
             listeners: Some((listeners.grpc, listeners.admin)),
             stop,
             tracker,
+            drains: DrainControl::new(config_grace),
         })
     }
 
@@ -259,9 +270,14 @@ impl Node {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .expect("the embedded descriptor set is valid");
+        let admin_service = self.authenticated(AdminServer::new(AdminService {
+            node: self.cluster.clone(),
+            drains: self.drains.clone(),
+        }));
         let routes = Routes::new(self.mesh.grpc_service())
             .add_service(health_service)
-            .add_service(reflection);
+            .add_service(reflection)
+            .add_service(admin_service);
         self.spawn_servers(grpc, admin, add_services(routes));
         self.write_ready_file()
     }
@@ -286,8 +302,12 @@ impl Node {
         });
         self.tracker.spawn(admin::serve(
             admin,
-            self.cluster.clone(),
-            telemetry::metrics(),
+            admin::AdminState {
+                cluster: self.cluster.clone(),
+                metrics: telemetry::metrics(),
+                drains: self.drains.clone(),
+                token: self.config.admin_token.clone(),
+            },
             self.stop.clone(),
         ));
     }
@@ -312,13 +332,100 @@ impl Node {
     /// Serves until `shutdown` is cancelled, then: marks the node offline (peers stop sending
     /// new work), runs `drain` within the grace period (warning when it expires), leaves the
     /// cluster, stops the servers and waits for every task.
-    pub async fn run<F, Fut>(self, shutdown: CancellationToken, drain: F)
+    ///
+    /// A drain asked for through the admin API runs `drain` the same way, but it can be
+    /// cancelled (`Drain::undrain`): then the node comes back online and goes on serving. A
+    /// SIGTERM during such a drain makes it final.
+    pub async fn run<F, Fut>(self, shutdown: CancellationToken, mut drain: F)
     where
-        F: FnOnce() -> Fut,
+        F: FnMut(Drain) -> Fut,
         Fut: Future<Output = ()>,
     {
-        shutdown.cancelled().await;
-        self.shutdown(drain).await;
+        loop {
+            let requested = tokio::select! {
+                _ = shutdown.cancelled() => {
+                    let grace = self.config.drain_grace;
+                    self.drains.stopping(Some(grace));
+                    let last = drain(Drain {
+                        grace,
+                        undrain: CancellationToken::new(),
+                        requested: false,
+                    });
+                    return self.shutdown(|| last).await;
+                }
+                requested = self.drains.requested() => requested,
+            };
+            if self
+                .drain_on_request(&shutdown, requested, &mut drain)
+                .await
+            {
+                self.leave_and_stop().await;
+                return;
+            }
+        }
+    }
+
+    /// Runs one drain asked for through the admin API; true when the node must leave now (the
+    /// drain finished, its grace ended, or SIGTERM came), false when it was cancelled.
+    async fn drain_on_request<F, Fut>(
+        &self,
+        shutdown: &CancellationToken,
+        requested: Drain,
+        drain: &mut F,
+    ) -> bool
+    where
+        F: FnMut(Drain) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let node = self.cluster.self_id();
+        info!(%node, grace = ?requested.grace, "drain requested: going offline");
+        self.go_offline().await;
+        let undrain = requested.undrain.clone();
+        let limit = requested.grace + self.config.drain_overrun;
+        let work = tokio::time::timeout(limit, drain(requested));
+        tokio::pin!(work);
+        let mut final_ = false;
+        loop {
+            tokio::select! {
+                finished = &mut work => {
+                    if finished.is_err() {
+                        warn!(%node, "drain grace period expired; leaving with work in progress");
+                    }
+                    break;
+                }
+                _ = shutdown.cancelled(), if !final_ => {
+                    info!(%node, "SIGTERM during a requested drain: it can no longer be cancelled");
+                    self.drains.stopping(None);
+                    final_ = true;
+                }
+            }
+        }
+        if undrain.is_cancelled() && !final_ {
+            info!(%node, "drain cancelled: back online");
+            self.cluster.go_online().await;
+            self.health
+                .set_service_status("", ServingStatus::Serving)
+                .await;
+            self.drains.back_online();
+            return false;
+        }
+        self.drains.stopping(None);
+        true
+    }
+
+    async fn go_offline(&self) {
+        self.cluster.go_offline().await;
+        self.health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        // Give gossip a few rounds to carry "offline" to every peer before draining, so no
+        // peer places new work here while we drain.
+        tokio::time::sleep(self.config.gossip.gossip_interval * 3).await;
+    }
+
+    /// The drain state of this node (for servers that report it).
+    pub fn drains(&self) -> &DrainControl {
+        &self.drains
     }
 
     /// Stops as a crash would: no offline notice, no leave, servers closed at once. Peers find
@@ -338,19 +445,16 @@ impl Node {
     {
         let node = self.cluster.self_id();
         info!(%node, grace = ?self.config.drain_grace, "shutting down: going offline");
-        self.cluster.go_offline().await;
-        self.health
-            .set_service_status("", ServingStatus::NotServing)
-            .await;
-        // Give gossip a few rounds to carry "offline" to every peer before draining, so no
-        // peer places new work here while we drain.
-        tokio::time::sleep(self.config.gossip.gossip_interval * 3).await;
-        if tokio::time::timeout(self.config.drain_grace, drain())
-            .await
-            .is_err()
-        {
+        self.go_offline().await;
+        let limit = self.config.drain_grace + self.config.drain_overrun;
+        if tokio::time::timeout(limit, drain()).await.is_err() {
             warn!(%node, grace = ?self.config.drain_grace, "drain grace period expired; leaving with work in progress");
         }
+        self.leave_and_stop().await;
+    }
+
+    async fn leave_and_stop(self) {
+        let node = self.cluster.self_id();
         self.cluster.leave().await;
         self.stop.cancel();
         self.tracker.close();
@@ -361,6 +465,62 @@ impl Node {
             warn!(%node, "some tasks did not stop within 5 s");
         }
         info!(%node, "node stopped");
+    }
+}
+
+/// The gRPC `Admin` service: drain, undrain, status (with the cluster credential).
+struct AdminService {
+    node: Cluster,
+    drains: DrainControl,
+}
+
+impl AdminService {
+    fn status(&self, status: DrainStatus) -> admin_pb::DrainStatus {
+        admin_status(&self.node, status)
+    }
+}
+
+/// A drain status as the admin API reports it.
+pub(crate) fn admin_status(cluster: &Cluster, status: DrainStatus) -> admin_pb::DrainStatus {
+    let load = cluster
+        .members()
+        .get(&cluster.self_id())
+        .map(|n| n.load)
+        .unwrap_or_default();
+    admin_pb::DrainStatus {
+        node_id: cluster.self_id().to_string(),
+        state: status.state.as_str().to_owned(),
+        grace_left_ms: status.grace_left.as_millis() as u64,
+        holding: load.sessions + load.rooms,
+    }
+}
+
+#[tonic::async_trait]
+impl admin_pb::admin_server::Admin for AdminService {
+    async fn drain(
+        &self,
+        request: tonic::Request<admin_pb::DrainRequest>,
+    ) -> Result<tonic::Response<admin_pb::DrainStatus>, tonic::Status> {
+        let grace_ms = request.into_inner().grace_ms;
+        let grace = (grace_ms > 0).then(|| Duration::from_millis(grace_ms));
+        Ok(tonic::Response::new(self.status(self.drains.drain(grace))))
+    }
+
+    async fn undrain(
+        &self,
+        _: tonic::Request<admin_pb::UndrainRequest>,
+    ) -> Result<tonic::Response<admin_pb::DrainStatus>, tonic::Status> {
+        self.drains
+            .undrain()
+            .map(|status| tonic::Response::new(self.status(status)))
+            .map_err(|refused| tonic::Status::failed_precondition(refused.to_string()))
+    }
+
+    async fn status(
+        &self,
+        _: tonic::Request<admin_pb::StatusRequest>,
+    ) -> Result<tonic::Response<admin_pb::DrainStatus>, tonic::Status> {
+        Ok(tonic::Response::new(self.status(self.drains.status())))
     }
 }
 

@@ -133,14 +133,7 @@ async fn an_empty_room_is_removed_after_its_ttl() {
     let _matcher = sandbox.start("logic-match", "match", &[]);
     wait_for_members(&gateway, &["gw", "room", "match"]).await;
     let player = Player::login(client_address(&gateway, false), "solo").await;
-    let created = player
-        .client
-        .request(
-            room_routes::CREATE,
-            room::CreateRoom::default().encode_to_vec(),
-        )
-        .await
-        .expect("answered");
+    let created = player.try_create_room().await;
     let room_id = room::RoomInfo::decode(created.payload)
         .expect("decodes")
         .room_id;

@@ -279,3 +279,41 @@ async fn members_of_a_killed_room_server_are_told_their_rooms_closed() {
     .await;
     assert!(extra.is_err(), "a member who left was told: {extra:?}");
 }
+
+/// A drain asked for through the admin API keeps a room server's rooms while players finish
+/// (no new rooms there meanwhile), and cancelling it returns the server to service with every
+/// room as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_room_server_drain_keeps_its_rooms() {
+    let mut sandbox = Sandbox::new();
+    let gateway = sandbox.gateway("gw");
+    let token = ["--admin-token", "sesame"];
+    let rooms = sandbox.start("logic-room", "room", &token);
+    let _matcher = sandbox.start("logic-match", "match", &[]);
+    wait_for_members(&gateway, &["gw", "room", "match"]).await;
+    let mut host = Player::login(client_address(&gateway, false), "host").await;
+    let room_id = host.create_room().await.room_id;
+
+    let drain =
+        |method: &str, path: &str| testkit::http_request(rooms.admin, method, path, Some("sesame"));
+    let (status, body) = drain("POST", "/admin/drain?grace_ms=30000");
+    assert_eq!(status, 200, "{body}");
+    wait_for_state(&gateway, "room", "offline").await;
+    // The room goes on; a new room has nowhere to go.
+    assert!(host.try_op(&room_id, "still here").await.is_ok());
+    let guest = Player::login(client_address(&gateway, true), "guest").await;
+    let refused = guest.try_create_room().await;
+    assert!(
+        !refused.is_ok(),
+        "a room was placed on a draining server: {refused:?}"
+    );
+
+    let (status, body) = drain("POST", "/admin/undrain");
+    assert_eq!(status, 200, "{body}");
+    wait_for_state(&gateway, "room", "online").await;
+    guest.join_room(&room_id).await;
+    assert_eq!(host.ops_seen(1).await.len(), 1);
+    assert!(guest.create_room().await.room_id.ends_with("@room"));
+    let (_, body) = drain("GET", "/admin/drain");
+    assert!(body.contains("\"online\""), "{body}");
+}

@@ -32,6 +32,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     .await?;
     node.serve(|routes| routes).await?;
     let shutdown = signal::shutdown_token();
-    node.run(shutdown, || async {}).await;
+    node.run(shutdown, |_| async {}).await;
     Ok(())
 }

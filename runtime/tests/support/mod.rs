@@ -77,7 +77,7 @@ impl TestNode {
     /// The shutdown sequence run by a token, as `main` would.
     pub fn run_until(&mut self, token: CancellationToken) -> tokio::task::JoinHandle<()> {
         let node = self.node.take().expect("not yet shut down");
-        tokio::spawn(node.run(token, || async {}))
+        tokio::spawn(node.run(token, |_| async {}))
     }
 }
 

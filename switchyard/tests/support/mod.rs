@@ -154,6 +154,16 @@ impl Sandbox {
     }
 }
 
+/// Waits until `service` sees member `id` in `state` (`online`, `offline`).
+pub async fn wait_for_state(service: &Service, id: &str, state: &str) {
+    eventually(&format!("{id} {state}"), Duration::from_secs(10), || {
+        service.nodes()["nodes"]
+            .as_array()
+            .is_some_and(|nodes| nodes.iter().any(|n| n["id"] == id && n["state"] == state))
+    })
+    .await;
+}
+
 /// Waits until `service` sees the given online members by id.
 pub async fn wait_for_members(service: &Service, ids: &[&str]) {
     eventually(&format!("members {ids:?}"), Duration::from_secs(10), || {
@@ -265,16 +275,20 @@ impl Player {
 
     /// Creates a room and joins it; the room's info.
     pub async fn create_room(&self) -> room::RoomInfo {
-        let response = self
-            .client
+        let response = self.try_create_room().await;
+        assert!(response.is_ok(), "{} create: {response:?}", self.name);
+        room::RoomInfo::decode(response.payload).expect("decodes")
+    }
+
+    /// Asks for a new room; the whole response (for tests of refusals).
+    pub async fn try_create_room(&self) -> client::Response {
+        self.client
             .request(
                 room_routes::CREATE,
                 room::CreateRoom::default().encode_to_vec(),
             )
             .await
-            .expect("answered");
-        assert!(response.is_ok(), "{} create: {response:?}", self.name);
-        room::RoomInfo::decode(response.payload).expect("decodes")
+            .expect("answered")
     }
 
     pub async fn join_room(&self, room_id: &str) {
