@@ -16,6 +16,7 @@
 
 mod child;
 mod churn;
+mod drain;
 mod fanout;
 mod idle_memory;
 mod matchmaking;
@@ -89,9 +90,12 @@ enum Scenario {
     S7Churn(churn::ChurnArgs),
     /// Mesh request/response between two nodes vs a bare tonic unary call.
     Mesh(mesh_rr::MeshArgs),
+    /// S8: a gateway drained while its clients play in rooms: time until it holds nothing,
+    /// per-client blackout, pushes lost and doubled.
+    S8Drain(drain::DrainArgs),
     /// (internal) a gateway.
     #[command(hide = true)]
-    ServeGateway,
+    ServeGateway(stack::GatewayArgs),
     /// (internal) a login server that also echoes.
     #[command(hide = true)]
     ServeEchoLogic(stack::SeedArgs),
@@ -132,7 +136,8 @@ fn main() -> anyhow::Result<()> {
             Scenario::S6Transport(args) => round_trip::run(args, "s6-transport").await,
             Scenario::S7Churn(args) => churn::run(args).await,
             Scenario::Mesh(args) => mesh_rr::run(args).await,
-            Scenario::ServeGateway => stack::serve_gateway().await,
+            Scenario::S8Drain(args) => drain::run(args).await,
+            Scenario::ServeGateway(args) => stack::serve_gateway(args).await,
             Scenario::ServeEchoLogic(args) => stack::serve_echo_logic(args).await,
             Scenario::ServeRoom(args) => stack::serve_room(args).await,
             Scenario::ServeMatch(args) => stack::serve_match(args).await,

@@ -297,15 +297,40 @@ pub(crate) fn login_payload(user: &str) -> Vec<u8> {
 /// The benchmark gateway's resume window, in ms.
 pub(crate) const RESUME_WINDOW_MS: &str = "2000";
 
+/// Options of `serve-gateway`.
+#[derive(Args, Debug, Default)]
+pub(crate) struct GatewayArgs {
+    /// Node id.
+    #[arg(long, default_value = "bench-gateway")]
+    node_id: String,
+    /// Gossip address of a gateway to join (the first gateway needs none).
+    #[arg(long)]
+    seed: Option<String>,
+    /// Bearer token of the admin drain operations.
+    #[arg(long)]
+    admin_token: Option<String>,
+    /// How long a session without a connection is held (the benchmarks' default is short, so
+    /// S7's dropped clients end before its leak check).
+    #[arg(long, default_value = RESUME_WINDOW_MS)]
+    resume_window_ms: String,
+}
+
 /// `serve-gateway`: a gateway on loopback ports.
 #[allow(clippy::print_stdout)] // the READY line is the protocol with the parent
-pub(crate) async fn serve_gateway() -> anyhow::Result<()> {
+pub(crate) async fn serve_gateway(args: GatewayArgs) -> anyhow::Result<()> {
     let ready =
         std::env::temp_dir().join(format!("switchyard-bench-gw-{}.ready", std::process::id()));
-    let config = gateway::Config::parse_from([
+    let mut extra = Vec::new();
+    if let Some(seed) = &args.seed {
+        extra.extend(["--seeds".to_owned(), seed.clone()]);
+    }
+    if let Some(token) = &args.admin_token {
+        extra.extend(["--admin-token".to_owned(), token.clone()]);
+    }
+    let base = [
         "gateway",
         "--node-id",
-        "bench-gateway",
+        &args.node_id,
         "--rate-limit",
         "0",
         "--max-in-flight",
@@ -313,10 +338,12 @@ pub(crate) async fn serve_gateway() -> anyhow::Result<()> {
         // Clients that drop without a goodbye (half of S7's churn) are held this long for a
         // resume, then ended: the leak check after S7 sees them go.
         "--resume-window-ms",
-        RESUME_WINDOW_MS,
+        &args.resume_window_ms,
         "--ready-file",
         &ready.display().to_string(),
-    ]);
+    ]
+    .map(str::to_owned);
+    let config = gateway::Config::parse_from(base.into_iter().chain(extra));
     let listeners = gateway::Listeners::loopback().await?;
     let (ws, tcp) = (listeners.ws.local_addr()?, listeners.tcp.local_addr()?);
     let shutdown = tokio_util::sync::CancellationToken::new();

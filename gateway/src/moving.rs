@@ -51,7 +51,7 @@ use crate::{
 const FORWARD_FOR: Duration = Duration::from_secs(60);
 /// How long an adopted session holds back pushes that reach it directly while the old gateway
 /// still forwards (a node that never answers `Moved` does not hold them for longer).
-const SETTLE: Duration = Duration::from_secs(3);
+const SETTLE: Duration = Duration::from_secs(10);
 /// Forwarded items queued toward one gateway before more are dropped (and counted).
 const FORWARD_QUEUE: usize = 65_536;
 /// Most items in one `Forward` call.
@@ -84,24 +84,57 @@ pub(crate) struct Forwards {
     /// waits for both to reach 0 (briefly) before it leaves.
     unacked: AtomicUsize,
     unsent: AtomicUsize,
-    /// Push and PushBatch calls being handled now (a `Moved` answer waits for those that
-    /// started before it: a node's awaited push may still be on its way in).
-    pub(crate) active_pushes: AtomicUsize,
+    /// Push and PushBatch calls being handled now, by ticket (a `Moved` answer waits for
+    /// those that started before it: a node's awaited push may still be on its way in).
+    active_pushes: Mutex<ActivePushes>,
 }
 
-/// Counts one Push or PushBatch call while it is handled.
-pub(crate) struct ActivePush<'a>(&'a Forwards);
+#[derive(Default)]
+struct ActivePushes {
+    next: u64,
+    running: std::collections::BTreeSet<u64>,
+}
+
+impl Forwards {
+    fn active(&self) -> MutexGuard<'_, ActivePushes> {
+        self.active_pushes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The ticket the next push call takes: calls with a smaller one started before now.
+    fn push_mark(&self) -> u64 {
+        self.active().next
+    }
+
+    /// True once every push call that started before `mark` is done.
+    fn pushes_done_before(&self, mark: u64) -> bool {
+        self.active()
+            .running
+            .first()
+            .is_none_or(|first| *first >= mark)
+    }
+}
+
+/// Marks one Push or PushBatch call while it is handled.
+pub(crate) struct ActivePush<'a> {
+    forwards: &'a Forwards,
+    ticket: u64,
+}
 
 impl<'a> ActivePush<'a> {
     pub(crate) fn new(forwards: &'a Forwards) -> Self {
-        forwards.active_pushes.fetch_add(1, Ordering::AcqRel);
-        Self(forwards)
+        let mut active = forwards.active();
+        let ticket = active.next;
+        active.next += 1;
+        active.running.insert(ticket);
+        Self { forwards, ticket }
     }
 }
 
 impl Drop for ActivePush<'_> {
     fn drop(&mut self) {
-        self.0.active_pushes.fetch_sub(1, Ordering::AcqRel);
+        self.forwards.active().running.remove(&self.ticket);
     }
 }
 
@@ -338,10 +371,11 @@ impl Gateway {
         }
     }
 
-    /// A node answered a `Moved` notice: once the push calls being handled now are done (one
-    /// of them may carry that node's last push for the user), the new gateway is told.
+    /// A node answered a `Moved` notice: once the push calls that started before it are done
+    /// (one of them may carry that node's last push for the user), the new gateway is told.
     pub(crate) fn moved_acked(self: &Arc<Self>, user: String, node: NodeId) {
-        if self.forwards.active_pushes.load(Ordering::Acquire) == 0 {
+        let mark = self.forwards.push_mark();
+        if self.forwards.pushes_done_before(mark) {
             self.forwards.flushed(&user, &node);
             self.forwards.unacked_done();
             return;
@@ -349,9 +383,7 @@ impl Gateway {
         let gateway = self.clone();
         self.tracker.spawn(async move {
             let deadline = Instant::now() + Duration::from_secs(1);
-            while gateway.forwards.active_pushes.load(Ordering::Acquire) > 0
-                && Instant::now() < deadline
-            {
+            while !gateway.forwards.pushes_done_before(mark) && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
             gateway.forwards.flushed(&user, &node);
