@@ -210,6 +210,8 @@ async fn play(args: &DemoArgs, name: &str) -> anyhow::Result<Story> {
             }
         }
     }
+    // A player who is done says goodbye: the session ends at once, nothing is held for a resume.
+    player.client.close().await;
     Ok(Story {
         room_id: found.room_id,
         room_node: found.room_node,
