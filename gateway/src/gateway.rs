@@ -152,9 +152,7 @@ impl Gateway {
     /// True when a push of `payload` fits the client frame limit (the largest sequence
     /// number and route included).
     pub(crate) fn push_fits(&self, route: u32, payload: &Bytes) -> bool {
-        use prost::Message;
-        wire::envelope::push(u64::MAX, route, payload.clone()).encoded_len()
-            <= self.limits.max_frame
+        wire::envelope::push_len(route, payload.len()) <= self.limits.max_frame
     }
 }
 

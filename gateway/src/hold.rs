@@ -143,11 +143,11 @@ impl Gateway {
         let count = self.sessions.remove(session);
         self.sessions_changed(count);
         self.session_closed(session, reason);
-        if session.user().is_some() {
+        if let Some(user) = session.user() {
             ::metrics::counter!(crate::metrics::SESSIONS_ENDED, "cause" => cause).increment(1);
             info!(
                 session = session.id,
-                user = session.user().as_deref().unwrap_or(""),
+                user = %user,
                 cause,
                 reason,
                 "session ended"

@@ -25,7 +25,7 @@ use std::{
     future::Future,
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -57,6 +57,12 @@ const FORWARD_QUEUE: usize = 65_536;
 /// Most items in one `Forward` call.
 const FORWARD_BATCH: usize = 1024;
 
+/// Milliseconds since this process's first call (a clock for `Forwards::any`).
+fn since_start_ms() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
 /// Why a session could not move.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum MoveError {
@@ -78,8 +84,9 @@ struct Forwarding {
 pub(crate) struct Forwards {
     users: Mutex<HashMap<String, Forwarding>>,
     queues: Mutex<HashMap<NodeId, mpsc::Sender<pb::ForwardItem>>>,
-    /// Users with a forwarding entry (a delivery checks this before looking users up one by one).
-    count: AtomicUsize,
+    /// Until when some user's pushes are forwarded, in ms since `epoch` (a push for a user not
+    /// here checks this before taking the lock).
+    active_until_ms: AtomicU64,
     /// `Moved` notices not answered yet, and items queued or being sent: a draining gateway
     /// waits for both to reach 0 (briefly) before it leaves.
     unacked: AtomicUsize,
@@ -141,7 +148,7 @@ impl Drop for ActivePush<'_> {
 impl Forwards {
     /// True when some user's pushes are being forwarded.
     pub(crate) fn any(&self) -> bool {
-        self.count.load(Ordering::Relaxed) > 0
+        since_start_ms() < self.active_until_ms.load(Ordering::Relaxed)
     }
 
     fn users(&self) -> MutexGuard<'_, HashMap<String, Forwarding>> {
@@ -168,7 +175,8 @@ impl Forwards {
                 until: now + FORWARD_FOR,
             },
         );
-        self.count.store(users.len(), Ordering::Relaxed);
+        let until = since_start_ms() + FORWARD_FOR.as_millis() as u64;
+        self.active_until_ms.fetch_max(until, Ordering::Relaxed);
     }
 
     /// True when every `Moved` was answered and everything forwarded was sent.

@@ -242,34 +242,26 @@ impl Gateway {
     /// Delivers a node's push to the users of it held here (the payload shared, not copied);
     /// users who moved away recently have it forwarded.
     pub(crate) fn deliver(&self, delivery: pb::Delivery, from: &NodeId) {
+        let (found, mut missing) = self.sessions.by_users(&delivery.user_ids);
         let mut queued = 0;
-        if self.forwards.any() {
-            for user in &delivery.user_ids {
-                let pushed = self.sessions.by_user(user).map_or(Pushed::Closed, |s| {
-                    s.push(delivery.route, delivery.payload.clone())
-                });
-                match pushed {
-                    Pushed::Queued => queued += 1,
-                    Pushed::TooLarge => {}
-                    Pushed::Closed => {
-                        self.forward_if_moved(
-                            user,
-                            delivery.route,
-                            &delivery.payload,
-                            Some(from),
-                            delivery.to_every_gateway,
-                        );
-                    }
-                }
-            }
-        } else {
-            for session in self.sessions.by_users(&delivery.user_ids) {
-                if session.push(delivery.route, delivery.payload.clone()) == Pushed::Queued {
-                    queued += 1;
-                }
+        for (user, session) in found {
+            match session.push(delivery.route, delivery.payload.clone()) {
+                Pushed::Queued => queued += 1,
+                Pushed::TooLarge => {}
+                // Ended just now: moved away, perhaps.
+                Pushed::Closed => missing.push(user),
             }
         }
         self.metrics.pushes.increment(queued);
+        for user in missing {
+            self.forward_if_moved(
+                user,
+                delivery.route,
+                &delivery.payload,
+                Some(from),
+                delivery.to_every_gateway,
+            );
+        }
     }
 
     /// Where the session's request for `route` goes, with what the logic node needs to know.

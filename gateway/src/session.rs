@@ -17,11 +17,10 @@ use std::{
 
 use bytes::Bytes;
 use mesh::NodeId;
-use prost::Message;
 use proto::{gateway::v1 as gw, logic::v1::BindMode};
 use tokio::time::Instant;
 use tracing::debug;
-use wire::{Envelope, ErrorCode, envelope};
+use wire::{Envelope, ErrorCode};
 
 use crate::{
     binding::{self, Binding},
@@ -412,36 +411,28 @@ impl Session {
     /// Numbers a push, holds it for a resume and queues it on the connection (or keeps it
     /// for the move or behind forwarded pushes, see the fields of `Pushes`).
     pub(crate) fn push(&self, route: u32, payload: Bytes) -> Pushed {
-        let mut pushes = self.lock_pushes();
-        if !self.push_fits(route, &payload) {
-            return Pushed::TooLarge;
-        }
-        match pushes.life {
-            Life::Ended => return Pushed::Closed,
-            Life::Moving => {
-                pushes.backlog.push((route, payload));
-                return Pushed::Queued;
-            }
-            _ if !pushes.awaiting.is_empty() => {
-                pushes.held_back.push((route, payload));
-                return Pushed::Queued;
-            }
-            _ => {}
-        }
-        self.number(&mut pushes, route, payload)
+        self.take(route, payload, false)
     }
 
     /// A push forwarded by the gateway this session came from: numbered at once (it comes
     /// before anything held back).
     pub(crate) fn push_forwarded(&self, route: u32, payload: Bytes) -> Pushed {
-        let mut pushes = self.lock_pushes();
-        if !self.push_fits(route, &payload) {
+        self.take(route, payload, true)
+    }
+
+    fn take(&self, route: u32, payload: Bytes, forwarded: bool) -> Pushed {
+        if wire::envelope::push_len(route, payload.len()) > self.limits.max_frame {
             return Pushed::TooLarge;
         }
+        let mut pushes = self.lock_pushes();
         match pushes.life {
             Life::Ended => Pushed::Closed,
             Life::Moving => {
                 pushes.backlog.push((route, payload));
+                Pushed::Queued
+            }
+            _ if !forwarded && !pushes.awaiting.is_empty() => {
+                pushes.held_back.push((route, payload));
                 Pushed::Queued
             }
             _ => self.number(&mut pushes, route, payload),
@@ -462,10 +453,6 @@ impl Session {
                 self.number(&mut pushes, route, payload);
             }
         }
-    }
-
-    fn push_fits(&self, route: u32, payload: &Bytes) -> bool {
-        envelope::push(u64::MAX, route, payload.clone()).encoded_len() <= self.limits.max_frame
     }
 
     /// Numbers a push, holds it for a resume and queues it on the connection.

@@ -224,15 +224,26 @@ impl Sessions {
             .cloned()
     }
 
-    /// The sessions of those of `users` connected here, looked up under one lock.
-    pub(crate) fn by_users(&self, users: &[String]) -> Vec<Arc<Session>> {
+    /// The sessions of `users` held here, looked up under one lock, and the users not held
+    /// here.
+    pub(crate) fn by_users<'u>(
+        &self,
+        users: &'u [String],
+    ) -> (Vec<(&'u str, Arc<Session>)>, Vec<&'u str>) {
         let index = self.lock();
-        users
-            .iter()
-            .filter_map(|user| index.by_user.get(user.as_str()))
-            .filter_map(|id| index.by_id.get(id))
-            .cloned()
-            .collect()
+        let mut found = Vec::with_capacity(users.len());
+        let mut missing = Vec::new();
+        for user in users {
+            match index
+                .by_user
+                .get(user.as_str())
+                .and_then(|id| index.by_id.get(id))
+            {
+                Some(session) => found.push((user.as_str(), session.clone())),
+                None => missing.push(user.as_str()),
+            }
+        }
+        (found, missing)
     }
 
     /// A snapshot of every session.

@@ -454,3 +454,19 @@ async fn the_admin_grpc_service_drains_with_the_cluster_credential() {
         .into_inner();
     assert_eq!(status.node_id, "gw-a");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migrate_with_nowhere_to_go_is_refused_and_the_session_stays() {
+    let gateway = TestGateway::start("gw-alone", &[], &[]).await;
+    let _logic = start_logic(routes(), "r1", &[gateway.gossip]).await;
+    gateway.wait_for_nodes("room", 1).await;
+    // Before login there is no session to move.
+    let (anonymous, _events) = Client::connect(gateway.tcp_address()).await.expect("tcp");
+    let answer = anonymous.migrate().await.expect("answered");
+    assert_eq!(answer.code(), Some(client::ErrorCode::MigrationUnavailable));
+    // No other gateway: refused, and the session goes on here.
+    let (client, _events) = joined(gateway.tcp_address(), "solo").await;
+    let answer = client.migrate().await.expect("answered");
+    assert_eq!(answer.code(), Some(client::ErrorCode::MigrationUnavailable));
+    assert_eq!(text(&where_am_i(&client).await), "r1");
+}

@@ -44,6 +44,18 @@ pub fn push(seq: u64, route: u32, payload: Bytes) -> Envelope {
     }
 }
 
+/// The frame length of a push of `payload_len` bytes on `route` with the largest possible seq:
+/// what a push must fit in, computed without building it (no copy of the payload handle).
+pub fn push_len(route: u32, payload_len: usize) -> usize {
+    let head = push(u64::MAX, route, Bytes::new()).encoded_len();
+    if payload_len == 0 {
+        head
+    } else {
+        // The payload field: its tag (one byte for field 6), its length, its bytes.
+        head + 1 + prost::length_delimiter_len(payload_len) + payload_len
+    }
+}
+
 /// A heartbeat.
 pub fn heartbeat() -> Envelope {
     Envelope {
@@ -132,5 +144,20 @@ pub fn code_name(status: u32) -> &'static str {
             ErrorCode::MigrationUnavailable => "migration_unavailable",
         },
         Err(_) => "app",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_len_is_the_length_of_the_push_frame() {
+        for route in [0, 1, proto::route(10, 4), u32::MAX] {
+            for size in [0, 1, 127, 128, 16_383, 16_384, 1 << 20] {
+                let frame = push(u64::MAX, route, Bytes::from(vec![7u8; size]));
+                assert_eq!(push_len(route, size), frame.encoded_len(), "{route} {size}");
+            }
+        }
     }
 }
