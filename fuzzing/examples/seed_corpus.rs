@@ -287,9 +287,29 @@ fn mesh_requests() -> Vec<(&'static str, MeshRequest)> {
         max_members: 4,
         properties: [("mode".to_owned(), "duel".to_owned())].into(),
     };
-    let join = room::ForwardJoin {
-        room_id: "r-1".into(),
+    let join = room::RoomCommand {
+        route: routes::JOIN,
+        payload: room::JoinRoom {
+            room_id: "5f2c9a1e0b7d4c3a".into(),
+        }
+        .encode_to_vec()
+        .into(),
         member: Some(member("carol")),
+        hops: 1,
+        reason: String::new(),
+    };
+    let adopt = room::RoomSnapshot {
+        room_id: "5f2c9a1e0b7d4c3a".into(),
+        owner: "alice".into(),
+        members: vec![room::SnapshotMember {
+            user_id: "alice".into(),
+            gateway_node: "gateway-1".into(),
+        }],
+        max_members: 4,
+        op_seq: 41,
+        from_node: "room-1".into(),
+        move_id: 7,
+        ..Default::default()
     };
     let load = room::RoomRef {
         room_id: String::new(),
@@ -306,13 +326,11 @@ fn mesh_requests() -> Vec<(&'static str, MeshRequest)> {
             request(routes::MESH_CREATE_FOR, create.encode_to_vec()),
         ),
         (
-            "forward-join",
-            request(routes::MESH_FORWARD_JOIN, join.encode_to_vec()),
+            "room-join",
+            request(routes::MESH_ROOM, join.encode_to_vec()),
         ),
+        ("adopt", request(routes::MESH_ADOPT, adopt.encode_to_vec())),
         ("ping", request(mesh::command::PING, b"ping".to_vec())),
-        (
-            "bad-payload",
-            request(routes::MESH_FORWARD_JOIN, vec![0x0a, 0xff]),
-        ),
+        ("bad-payload", request(routes::MESH_ROOM, vec![0x0a, 0xff])),
     ]
 }

@@ -37,15 +37,17 @@ pub fn mesh_payload(data: &[u8]) {
     let (command, payload) = (request.command, request.payload);
     // The room server's commands get their own message; any other command one of them.
     let message = match command {
-        routes::MESH_LOAD => 0,
+        routes::MESH_LOAD | routes::MESH_LOCATE => 0,
         routes::MESH_CREATE_FOR => 1,
-        routes::MESH_FORWARD_JOIN => 2,
-        other => other % 3,
+        routes::MESH_ROOM => 2,
+        routes::MESH_ADOPT => 3,
+        other => other % 4,
     };
     match message {
         0 => handled::<room::RoomRef>(command, payload),
         1 => handled::<room::CreateRoomFor>(command, payload),
-        _ => handled::<room::ForwardJoin>(command, payload),
+        2 => handled::<room::RoomCommand>(command, payload),
+        _ => handled::<room::RoomSnapshot>(command, payload),
     }
 }
 

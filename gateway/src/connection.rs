@@ -242,6 +242,15 @@ async fn dispatch(
         refusal(conn, msg_id, route, Refusal::DuplicateMessageId);
         return;
     }
+    if session.take_rebound() {
+        // A node moved this session's bindings (a room changed servers): the requests already
+        // sent to the old node are answered first (it forwards them), so this one, which may
+        // go to the new node, cannot overtake them.
+        tokio::select! {
+            _ = tokio::time::timeout(gateway.limits.request_timeout, conn.requests_done()) => {}
+            _ = conn.stop.cancelled() => return,
+        }
+    }
     let permit = tokio::select! {
         permit = conn.permits.clone().acquire_owned() => permit,
         _ = conn.stop.cancelled() => return,

@@ -11,7 +11,7 @@ use std::{
     collections::{BTreeSet, HashMap, VecDeque},
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicI64, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
     },
 };
 
@@ -157,6 +157,8 @@ pub(crate) struct Session {
     limits: SessionLimits,
     /// Which attach this is (a token resumes the session once: at the epoch it names).
     epoch: AtomicU64,
+    /// A node removed or replaced a binding: the next request waits for the earlier ones.
+    rebound: AtomicBool,
 }
 
 impl Session {
@@ -178,6 +180,7 @@ impl Session {
             }),
             limits,
             epoch: AtomicU64::new(1),
+            rebound: AtomicBool::new(false),
         })
     }
 
@@ -244,6 +247,7 @@ impl Session {
             }),
             limits,
             epoch: AtomicU64::new(snapshot.epoch + 1),
+            rebound: AtomicBool::new(false),
         })
     }
 
@@ -580,18 +584,19 @@ impl Session {
         if let Some(node) = effects.watch {
             state.watchers.insert(node);
         }
+        // Will keys are the session's, whichever node left them: a room's will moves with the
+        // room (its new host's will replaces the old host's), and any room server the member
+        // asked may take it back.
+        state
+            .wills
+            .retain(|w| !effects.revoke_wills.contains(&w.key));
         if let Some(node) = effects.will_node {
-            state
-                .wills
-                .retain(|w| w.node != node || !effects.revoke_wills.contains(&w.key));
             let bound = state.bindings.iter().any(|b| b.node == node);
             if !bound && !effects.wills.is_empty() {
                 debug!(session = self.id, %node, "wills refused: the session is not bound to their node");
             }
             for will in effects.wills.into_iter().filter(|_| bound) {
-                state
-                    .wills
-                    .retain(|w| w.node != will.node || w.key != will.key);
+                state.wills.retain(|w| w.key != will.key);
                 if state.wills.len() < MAX_WILLS {
                     state.wills.push(will);
                 } else {
@@ -611,6 +616,9 @@ impl Session {
         revoke_wills: Vec<String>,
     ) {
         let will_node = nodes.first().map(|b| b.node.clone());
+        if matches!(mode, BindMode::Remove | BindMode::Cover | BindMode::Clear) {
+            self.rebound.store(true, Ordering::Release);
+        }
         self.apply(Effects {
             bind: Some((mode, nodes)),
             wills,
@@ -618,6 +626,12 @@ impl Session {
             will_node,
             ..Effects::default()
         });
+    }
+
+    /// Whether a node removed or replaced a binding since the last call (the next request
+    /// waits for the session's earlier ones; see `connection::dispatch`).
+    pub(crate) fn take_rebound(&self) -> bool {
+        self.rebound.swap(false, Ordering::AcqRel)
     }
 
     /// Drops bindings to nodes that are gone, with their wills; returns those wills.

@@ -4,17 +4,20 @@
 //! # Layout
 //! - [`Config`], [`start`], [`run`], [`RoomServer`]: configuration, the server's life, drain.
 //! - `routes`: the client routes and mesh commands, one function each, over the shared rooms.
-//! - `rooms`: the room actors (one task per room) and the index by room and by member.
+//! - `rooms`: the room actors (one task per room), the index by room and by member, and the
+//!   room directory (room ids name no server; requests for a room elsewhere go to its host).
+//! - `migrate`: moving a room to another server (a drain moves every room; an owner may ask).
 //! - `room`: one room's rules (pure: commands in, reply and broadcasts out; table-tested).
 //! - [`limits`]: what a room accepts (operation, properties, members, user ids), so every
 //!   push and reply of a room fits a client frame.
 
 pub mod limits;
+mod migrate;
 mod room;
 mod rooms;
 mod routes;
 
-pub use routes::SERVER_FAILED;
+pub use migrate::SERVER_FAILED;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -98,42 +101,53 @@ pub struct RoomServer {
 }
 
 impl RoomServer {
-    /// Runs until `shutdown`, then drains: the server goes offline (no new rooms or members),
-    /// every member is unbound from this server (acknowledged by the gateways), and only then
-    /// is every room closed, its members told why (`RoomClosed`); so a member who reacts to
-    /// `RoomClosed` with a new room request reaches another server. Then the server leaves.
+    /// Runs until `shutdown`, then drains: the server goes offline (no new rooms or members)
+    /// and moves every room to the least-loaded other room server (see `migrate`). A room no
+    /// server takes stays: a requested drain keeps it while players finish (or until the drain
+    /// is cancelled); then, or at once on SIGTERM, its members are unbound from this server
+    /// (acknowledged by the gateways) and only then is it closed, its members told why
+    /// (`RoomClosed`), so a member who reacts with a new room request reaches another server.
     pub async fn run(self, shutdown: CancellationToken) {
         let RoomServer { running, rooms } = self;
         let sdk = running.sdk.clone();
         running
             .node
-            .run(shutdown, |requested| {
+            .run(shutdown, |drain| {
                 let (rooms, sdk) = (rooms.clone(), sdk.clone());
                 async move {
-                    // A requested drain keeps the rooms while players finish (no new rooms
-                    // or members while offline), unless it is cancelled; then as on SIGTERM.
-                    let busy = || rooms.counts().rooms > 0;
-                    if requested.hold_while(busy).await == Held::Undrained {
+                    migrate::move_all(&rooms, &sdk, &drain.undrain).await;
+                    if drain.undrain.is_cancelled() {
                         return;
                     }
-                    drain(rooms, sdk).await;
+                    let busy = || rooms.counts().rooms > 0;
+                    if drain.hold_while(busy).await == Held::Undrained {
+                        return;
+                    }
+                    close_the_rest(&rooms, &sdk).await;
+                    rooms.forwarders_quiet(FORWARD_QUIET, FORWARD_LINGER).await;
                 }
             })
             .await;
     }
 }
 
-async fn drain(rooms: Arc<Rooms>, sdk: Sdk) {
+/// A drained server stays while its forwarders pass on requests gateways sent before they
+/// moved the members: until none came for this long ...
+const FORWARD_QUIET: Duration = Duration::from_millis(300);
+/// ... or this long at most.
+const FORWARD_LINGER: Duration = Duration::from_secs(3);
+
+async fn close_the_rest(rooms: &Arc<Rooms>, sdk: &Sdk) {
     // Joins are refused from the moment the node went offline, so this is every member.
     let members = rooms.members().await;
-    unbind(&sdk, &members).await;
+    unbind(sdk, &members).await;
     let closed = rooms.close_all(SHUTTING_DOWN).await;
     // Nobody should be left over; if a member slipped in anyway, unbind them too.
     let late: Vec<String> = closed
         .into_iter()
         .filter(|user| members.binary_search(user).is_err())
         .collect();
-    unbind(&sdk, &late).await;
+    unbind(sdk, &late).await;
     sdk.flush_pushes().await;
 }
 

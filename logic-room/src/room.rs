@@ -54,6 +54,10 @@ pub(crate) enum Command {
     Close {
         reason: &'static str,
     },
+    /// The owner asks to move the room to another server (the room's actor runs the move).
+    Migrate {
+        user: String,
+    },
 }
 
 /// A push to some members.
@@ -131,6 +135,8 @@ impl Room {
                 self.set_properties(member, properties, &mut outcome)
             }
             Command::Info => Ok(self.info()),
+            // The actor handles a move; a room asked to apply one refuses it.
+            Command::Migrate { user } => self.may_migrate(&user).map(|()| self.info()),
             Command::Close { reason } => {
                 let event = pb::RoomClosed {
                     room_id: self.id.clone(),
@@ -264,6 +270,97 @@ impl Room {
             route,
             payload: Bytes::from(message.encode_to_vec()),
         });
+    }
+
+    /// Only the owner may move the room.
+    pub(crate) fn may_migrate(&self, user: &str) -> Result<(), LogicError> {
+        if self.owner.as_deref() == Some(user) {
+            Ok(())
+        } else {
+            Err(LogicError::new(
+                errors::NOT_THE_OWNER,
+                "only the room's owner may move it",
+            ))
+        }
+    }
+
+    /// The user ids of the members, in join order.
+    pub(crate) fn member_ids(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.user.clone()).collect()
+    }
+
+    /// A push of `message` to every member (none when the room is empty).
+    pub(crate) fn to_all(&self, route: u32, message: &impl Message) -> Option<Broadcast> {
+        let mut outcome = Outcome::default();
+        self.broadcast_to_all(&mut outcome, route, message);
+        outcome.broadcasts.pop()
+    }
+
+    /// The room's whole state, for the server taking it over.
+    pub(crate) fn snapshot(&self, move_id: u64) -> pb::RoomSnapshot {
+        pb::RoomSnapshot {
+            room_id: self.id.clone(),
+            owner: self.owner.clone().unwrap_or_default(),
+            members: self
+                .members
+                .iter()
+                .map(|m| pb::SnapshotMember {
+                    user_id: m.user.clone(),
+                    gateway_node: m
+                        .gateway
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default(),
+                })
+                .collect(),
+            max_members: self.max_members as u32,
+            properties: self.properties.clone().into_iter().collect(),
+            op_seq: self.op_seq,
+            persistent: self.persistent,
+            from_node: self.node.to_string(),
+            move_id,
+        }
+    }
+
+    /// A room taken over from another server, as it was there (checked against this server's
+    /// limits like any request: a snapshot comes from the network).
+    pub(crate) fn restore(
+        snapshot: pb::RoomSnapshot,
+        node: NodeId,
+        limits: Limits,
+    ) -> Result<Room, LogicError> {
+        let max_members = snapshot.max_members as usize;
+        limits::check_max_members(max_members)?;
+        if snapshot.members.len() > max_members || snapshot.room_id.is_empty() {
+            return Err(LogicError::bad_request("not a room"));
+        }
+        let properties: BTreeMap<String, String> = snapshot.properties.into_iter().collect();
+        limits::check_properties(&properties)?;
+        let mut members: Vec<Member> = Vec::with_capacity(snapshot.members.len());
+        for m in snapshot.members {
+            limits::check_user_id(&m.user_id)?;
+            if members.iter().any(|known| known.user == m.user_id) {
+                return Err(LogicError::bad_request("a member twice"));
+            }
+            let gateway = (!m.gateway_node.is_empty()).then(|| NodeId::new(m.gateway_node));
+            members.push(Member::new(m.user_id, gateway));
+        }
+        let owner = members
+            .iter()
+            .any(|m| m.user == snapshot.owner)
+            .then_some(snapshot.owner)
+            .or_else(|| members.first().map(|m| m.user.clone()));
+        Ok(Room {
+            id: snapshot.room_id,
+            node,
+            owner,
+            members,
+            max_members,
+            properties,
+            op_seq: snapshot.op_seq,
+            limits,
+            persistent: snapshot.persistent,
+        })
     }
 
     pub(crate) fn info_message(&self) -> pb::RoomInfo {

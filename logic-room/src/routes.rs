@@ -5,14 +5,14 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use logic_sdk::{BindMode, Context, LogicError, LogicServer, Reply, Sdk, SessionClosed};
-use mesh::{HandlerError, MeshContext, MeshError, NodeId, NodeKind};
+use mesh::{HandlerError, MeshContext, NodeId, NodeKind};
 use prost::Message;
 use proto::room::v1::{self as pb, routes};
 
 use crate::{
-    limits,
+    limits, migrate,
     room::Command,
-    rooms::{Rooms, member, room_not_found},
+    rooms::{self, Rooms, member},
 };
 
 /// The routes of a room server.
@@ -25,10 +25,11 @@ pub(crate) fn server(rooms: Arc<Rooms>) -> LogicServer<Arc<Rooms>> {
         .handle(routes::SET_PROPERTIES, set_properties)
         .handle(routes::GET_PROPERTIES, info)
         .handle(routes::MEMBERS, info)
+        .handle(routes::MIGRATE, migrate)
         .handle_session_closed(session_closed)
 }
 
-/// 10:1: creates a room, joins it, and binds the user to this server.
+/// 10:1: creates a room here, joins it, and binds the user to this server.
 async fn create(
     rooms: Arc<Rooms>,
     ctx: Context,
@@ -43,58 +44,34 @@ async fn create(
     Ok(with_will(Reply::new(info), &id).bind_me(BindMode::Append, vec![ctx.sdk().node_id()]))
 }
 
-/// 10:2: joins a room wherever it lives, and binds the user to that server.
+/// 10:2: joins a room wherever it lives, and binds the user to its server.
 async fn join(rooms: Arc<Rooms>, ctx: Context, request: pb::JoinRoom) -> Result<Reply, LogicError> {
-    let user = ctx.user()?;
-    let host = host_of(&request.room_id).ok_or_else(room_not_found)?;
-    let info = if host == ctx.sdk().node_id() {
-        let join = Command::Join(member(user, &ctx.gateway));
-        rooms.send(&request.room_id, join).await?
-    } else {
-        // The room lives elsewhere: join it there.
-        let forward = pb::ForwardJoin {
-            room_id: request.room_id.clone(),
-            member: Some(pb::Member {
-                user_id: user.to_owned(),
-                gateway_node: ctx.gateway.to_string(),
-            }),
-        };
-        ctx.sdk()
-            .call(&host, routes::MESH_FORWARD_JOIN, forward.encode_to_vec())
-            .await
-            .map_err(forward_error)?
-    };
-    Ok(with_will(Reply::new(info), &request.room_id).bind_me(BindMode::Append, vec![host]))
+    let join = Command::Join(member(ctx.user()?, &ctx.gateway));
+    let applied = rooms.route(ctx.sdk(), &request.room_id, join, 0).await?;
+    Ok(with_will(Reply::new(applied.payload), &request.room_id)
+        .bind_me(BindMode::Append, vec![applied.host]))
 }
 
-/// A member's will for `room_id`: if the room's server is gone (killed, cut off), the gateway
-/// tells the member the room closed, instead of the member finding out by `ROOM_NOT_FOUND`.
+/// A member's will for `room_id` (see [`migrate::room_will`]).
 fn with_will(reply: Reply, room_id: &str) -> Reply {
-    let closed = pb::RoomClosed {
-        room_id: room_id.to_owned(),
-        reason: SERVER_FAILED.to_owned(),
-    };
-    reply.will(room_id, routes::PUSH_ROOM_CLOSED, closed.encode_to_vec())
+    let will = migrate::room_will(room_id);
+    reply.will(will.key, will.route, will.payload)
 }
 
-/// `RoomClosed.reason` when the room's server failed.
-pub const SERVER_FAILED: &str = "server failed";
-
-/// 10:3: leaves a room; a user in no room here any more is unbound from this server.
+/// 10:3: leaves a room; a user in no room of that server any more is unbound from it.
 async fn leave(
     rooms: Arc<Rooms>,
     ctx: Context,
     request: pb::LeaveRoom,
 ) -> Result<Reply, LogicError> {
-    let user = ctx.user()?.to_owned();
     let command = Command::Leave {
-        user: user.clone(),
+        user: ctx.user()?.to_owned(),
         reason: "left",
     };
-    let reply =
-        Reply::new(rooms.send(&request.room_id, command).await?).revoke_will(&request.room_id);
-    if rooms.rooms_of(&user).is_empty() {
-        return Ok(reply.bind_me(BindMode::Remove, vec![ctx.sdk().node_id()]));
+    let applied = rooms.route(ctx.sdk(), &request.room_id, command, 0).await?;
+    let reply = Reply::new(applied.payload).revoke_will(&request.room_id);
+    if applied.last_room_there {
+        return Ok(reply.bind_me(BindMode::Remove, vec![applied.host]));
     }
     Ok(reply)
 }
@@ -105,7 +82,7 @@ async fn op(rooms: Arc<Rooms>, ctx: Context, request: pb::RoomOp) -> Result<Repl
         member: member(ctx.user()?, &ctx.gateway),
         payload: request.payload,
     };
-    Ok(Reply::new(rooms.send(&request.room_id, command).await?))
+    routed(&rooms, &ctx, &request.room_id, command).await
 }
 
 /// 10:5: sets room properties (an empty value removes a key).
@@ -118,14 +95,36 @@ async fn set_properties(
         member: member(ctx.user()?, &ctx.gateway),
         properties: request.properties,
     };
-    Ok(Reply::new(rooms.send(&request.room_id, command).await?))
+    routed(&rooms, &ctx, &request.room_id, command).await
 }
 
 /// 10:6 and 10:7: the room's info (properties, members, owner).
-async fn info(rooms: Arc<Rooms>, _: Context, request: pb::RoomRef) -> Result<Reply, LogicError> {
-    Ok(Reply::new(
-        rooms.send(&request.room_id, Command::Info).await?,
-    ))
+async fn info(rooms: Arc<Rooms>, ctx: Context, request: pb::RoomRef) -> Result<Reply, LogicError> {
+    routed(&rooms, &ctx, &request.room_id, Command::Info).await
+}
+
+/// 10:8: the owner moves the room to the least-loaded other room server; the answer is the
+/// room's info there, once its members are bound to it.
+async fn migrate(
+    rooms: Arc<Rooms>,
+    ctx: Context,
+    request: pb::RoomRef,
+) -> Result<Reply, LogicError> {
+    let command = Command::Migrate {
+        user: ctx.user()?.to_owned(),
+    };
+    routed(&rooms, &ctx, &request.room_id, command).await
+}
+
+/// A request applied by the room's host, wherever it lives.
+async fn routed(
+    rooms: &Arc<Rooms>,
+    ctx: &Context,
+    room_id: &str,
+    command: Command,
+) -> Result<Reply, LogicError> {
+    let applied = rooms.route(ctx.sdk(), room_id, command, 0).await?;
+    Ok(Reply::new(applied.payload))
 }
 
 /// A member's session closed: they leave every room here.
@@ -138,27 +137,6 @@ async fn session_closed(rooms: Arc<Rooms>, closed: SessionClosed, _: Sdk) {
         };
         // A room removed meanwhile has nothing left to leave.
         let _ = rooms.send(&room, command).await;
-    }
-}
-
-/// The node hosting a room: room ids are `<n>@<node id>`.
-fn host_of(room_id: &str) -> Option<NodeId> {
-    room_id
-        .split_once('@')
-        .map(|(_, node)| NodeId::new(node))
-        .filter(|n| !n.as_str().is_empty())
-}
-
-/// What a client is told when a forwarded join failed: the room server's own code, or fixed
-/// texts (never the transport's).
-fn forward_error(error: MeshError) -> LogicError {
-    match error {
-        MeshError::Handler { code, message, .. } => LogicError::new(code, message),
-        MeshError::NodeUnknown(_) => room_not_found(),
-        other => {
-            tracing::warn!(error = %other, "forwarded join failed");
-            LogicError::internal("the room's server did not answer")
-        }
     }
 }
 
@@ -179,9 +157,41 @@ pub(crate) fn register_mesh_commands(sdk: &Sdk, rooms: &Arc<Rooms>) {
         create_for(state.clone(), handle.clone(), ctx, request)
     });
     let state = rooms.clone();
-    mesh.handle_message(routes::MESH_FORWARD_JOIN, move |_, request| {
-        forward_join(state.clone(), request)
+    mesh.handle_message(routes::MESH_LOCATE, move |_, request: pb::RoomRef| {
+        let node_id = state
+            .located_here(&request.room_id)
+            .map(|node| node.to_string())
+            .unwrap_or_default();
+        async move { Ok(pb::Located { node_id }) }
     });
+    let (state, handle) = (rooms.clone(), sdk.clone());
+    mesh.handle_message(routes::MESH_ROOM, move |_, request| {
+        room_command(state.clone(), handle.clone(), request)
+    });
+    let (state, handle) = (rooms.clone(), sdk.clone());
+    mesh.handle_message(routes::MESH_ADOPT, move |_, snapshot| {
+        let adopted = state.adopt(&handle, snapshot).map_err(handler_error);
+        async move { adopted }
+    });
+}
+
+/// 0x1105: a room request another room server took from a client, for a room hosted here.
+async fn room_command(
+    rooms: Arc<Rooms>,
+    sdk: Sdk,
+    request: pb::RoomCommand,
+) -> Result<pb::Routed, HandlerError> {
+    let hops = request.hops;
+    let (room_id, command) = rooms::from_wire(request).map_err(handler_error)?;
+    let applied = rooms
+        .route(&sdk, &room_id, command, hops)
+        .await
+        .map_err(handler_error)?;
+    Ok(pb::Routed {
+        payload: applied.payload,
+        host: applied.host.to_string(),
+        last_room_there: applied.last_room_there,
+    })
 }
 
 /// 0x1102: a room for matched players, who become its members at once.
@@ -212,20 +222,4 @@ async fn create_for(
     }
     tracing::info!(room = %id, from = %ctx.from, "room created for a match");
     Ok(pb::RoomInfo::decode(last).unwrap_or_default())
-}
-
-/// 0x1103: a user joins a room hosted here, through the server they asked.
-async fn forward_join(
-    rooms: Arc<Rooms>,
-    request: pb::ForwardJoin,
-) -> Result<pb::RoomInfo, HandlerError> {
-    let m = request
-        .member
-        .ok_or_else(|| HandlerError::new(HandlerError::BAD_PAYLOAD, "no member"))?;
-    let join = Command::Join(member(&m.user_id, &NodeId::new(m.gateway_node)));
-    let info = rooms
-        .send(&request.room_id, join)
-        .await
-        .map_err(handler_error)?;
-    Ok(pb::RoomInfo::decode(info).unwrap_or_default())
 }

@@ -58,7 +58,7 @@ mod reply;
 mod sdk;
 mod server;
 
-pub use reply::{BindMode, IntoReply, LogicError, Reply};
+pub use reply::{BindMode, IntoReply, LogicError, Reply, Will};
 pub use sdk::{
     GatewayReport, MultiResponse, PUSHES_DROPPED, Recipient, Sdk, SdkError, UserOutcome,
 };

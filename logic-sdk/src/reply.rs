@@ -96,7 +96,7 @@ impl Reply {
         self
     }
 
-    /// Takes back this node's will with `key` (the user left the room, say).
+    /// Takes back the will with `key`, whichever node left it (the user left the room, say).
     pub fn revoke_will(mut self, key: impl Into<String>) -> Self {
         self.revoke_wills.push(key.into());
         self
@@ -178,5 +178,27 @@ impl LogicError {
     /// Something went wrong on the server side.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(proto::client::v1::ErrorCode::Internal as u32, message)
+    }
+}
+
+/// A push a gateway keeps for a session and delivers if the node it is left for is gone (see
+/// [`Reply::will`] and [`crate::Sdk::bind_with_wills`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Will {
+    /// One will per key in a session.
+    pub key: String,
+    /// The push's route.
+    pub route: u32,
+    /// The push's payload.
+    pub payload: Bytes,
+}
+
+impl Will {
+    pub(crate) fn to_proto(&self) -> pb::Will {
+        pb::Will {
+            key: self.key.clone(),
+            route: self.route,
+            payload: self.payload.clone(),
+        }
     }
 }

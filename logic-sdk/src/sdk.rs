@@ -19,7 +19,10 @@ use runtime::node::Tasks;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
-use crate::{link::Links, reply::BindMode};
+use crate::{
+    link::Links,
+    reply::{BindMode, Will},
+};
 
 /// Who a push goes to: a user, and the gateway holding them when the caller knows it (then
 /// only that gateway is asked).
@@ -450,6 +453,20 @@ impl Sdk {
         user_ids: &[String],
         nodes: &[NodeId],
     ) -> Result<GatewayReport, SdkError> {
+        self.bind_with_wills(mode, user_ids, nodes, &[]).await
+    }
+
+    /// [`Sdk::bind`], leaving `wills` for the first of `nodes` (with Cover or Append) in each
+    /// user's session, as [`crate::Reply::will`] does for the requesting user: a will replaces
+    /// the session's will with the same key, whichever node left it (a room moving to another
+    /// server moves its members' wills with it).
+    pub async fn bind_with_wills(
+        &self,
+        mode: BindMode,
+        user_ids: &[String],
+        nodes: &[NodeId],
+        wills: &[Will],
+    ) -> Result<GatewayReport, SdkError> {
         if matches!(mode, BindMode::Cover | BindMode::Append) {
             self.cluster().require_online(nodes)?;
         }
@@ -458,7 +475,7 @@ impl Sdk {
             user_ids: user_ids.to_vec(),
             node_ids: nodes.iter().map(ToString::to_string).collect(),
             local_only: true,
-            wills: Vec::new(),
+            wills: wills.iter().map(Will::to_proto).collect(),
             revoke_wills: Vec::new(),
         };
         self.everywhere(user_ids, |mut client| {

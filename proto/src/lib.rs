@@ -74,6 +74,8 @@ pub mod room {
             pub const GET_PROPERTIES: u32 = Route::GetProperties as u32;
             /// The member list (10:7).
             pub const MEMBERS: u32 = Route::Members as u32;
+            /// Move the room to another server; the owner only (10:8).
+            pub const MIGRATE: u32 = Route::Migrate as u32;
             /// Push: a member joined (11:1).
             pub const PUSH_MEMBER_JOINED: u32 = Route::PushMemberJoined as u32;
             /// Push: a member left (11:2).
@@ -86,12 +88,20 @@ pub mod room {
             pub const PUSH_PROPERTIES: u32 = Route::PushProperties as u32;
             /// Push: the room was closed (11:6).
             pub const PUSH_ROOM_CLOSED: u32 = Route::PushRoomClosed as u32;
+            /// Push: the room is moving to another server (11:7).
+            pub const PUSH_ROOM_MIGRATE_START: u32 = Route::PushRoomMigrateStart as u32;
+            /// Push: the room's move ended (11:8).
+            pub const PUSH_ROOM_MIGRATE_COMPLETE: u32 = Route::PushRoomMigrateComplete as u32;
             /// Mesh command: load report.
             pub const MESH_LOAD: u32 = MeshCommand::Load as u32;
             /// Mesh command: create a room for a member list.
             pub const MESH_CREATE_FOR: u32 = MeshCommand::CreateFor as u32;
-            /// Mesh command: join a room hosted by another room server.
-            pub const MESH_FORWARD_JOIN: u32 = MeshCommand::ForwardJoin as u32;
+            /// Mesh command: where a room lives (the room directory).
+            pub const MESH_LOCATE: u32 = MeshCommand::Locate as u32;
+            /// Mesh command: a client's room request, applied by the room's host.
+            pub const MESH_ROOM: u32 = MeshCommand::Room as u32;
+            /// Mesh command: take over a room from a draining server.
+            pub const MESH_ADOPT: u32 = MeshCommand::Adopt as u32;
         }
 
         /// Application status codes of room servers: [`ErrorCode`] as `u32` statuses.
@@ -110,6 +120,10 @@ pub mod room {
             pub const AT_CAPACITY: u32 = ErrorCode::AtCapacity as u32;
             /// A room operation or properties over the room limits.
             pub const PAYLOAD_TOO_LARGE: u32 = ErrorCode::PayloadTooLarge as u32;
+            /// Only the room's owner may do this.
+            pub const NOT_THE_OWNER: u32 = ErrorCode::NotTheOwner as u32;
+            /// No other room server is online to take the room.
+            pub const NO_MIGRATION_TARGET: u32 = ErrorCode::NoMigrationTarget as u32;
         }
     }
 }
@@ -185,15 +199,20 @@ mod tests {
             (room::routes::SET_PROPERTIES, route(10, 5)),
             (room::routes::GET_PROPERTIES, route(10, 6)),
             (room::routes::MEMBERS, route(10, 7)),
+            (room::routes::MIGRATE, route(10, 8)),
             (room::routes::PUSH_MEMBER_JOINED, route(11, 1)),
             (room::routes::PUSH_MEMBER_LEFT, route(11, 2)),
             (room::routes::PUSH_OWNER_CHANGED, route(11, 3)),
             (room::routes::PUSH_OP, route(11, 4)),
             (room::routes::PUSH_PROPERTIES, route(11, 5)),
             (room::routes::PUSH_ROOM_CLOSED, route(11, 6)),
+            (room::routes::PUSH_ROOM_MIGRATE_START, route(11, 7)),
+            (room::routes::PUSH_ROOM_MIGRATE_COMPLETE, route(11, 8)),
             (room::routes::MESH_LOAD, 0x1101),
             (room::routes::MESH_CREATE_FOR, 0x1102),
-            (room::routes::MESH_FORWARD_JOIN, 0x1103),
+            (room::routes::MESH_LOCATE, 0x1104),
+            (room::routes::MESH_ROOM, 0x1105),
+            (room::routes::MESH_ADOPT, 0x1106),
             (mm::routes::LOGIN, route(1, 1)),
             (mm::routes::ENQUEUE, route(20, 1)),
             (mm::routes::CANCEL, route(20, 2)),
@@ -215,6 +234,8 @@ mod tests {
             (room::errors::NODE_DRAINING, 1004),
             (room::errors::AT_CAPACITY, 1005),
             (room::errors::PAYLOAD_TOO_LARGE, 1006),
+            (room::errors::NOT_THE_OWNER, 1007),
+            (room::errors::NO_MIGRATION_TARGET, 1008),
             (mm::errors::UNKNOWN_MODE, 1101),
             (mm::errors::ALREADY_QUEUED, 1102),
             (mm::errors::BAD_CREDENTIAL, 1103),
