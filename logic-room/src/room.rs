@@ -586,4 +586,74 @@ mod tests {
         );
         assert!(outcome.joined.is_none() && r.is_empty());
     }
+
+    #[test]
+    fn a_restored_room_is_the_room_it_was_and_its_seq_goes_on() {
+        let mut r = room(4);
+        for user in ["ann", "bob", "cy"] {
+            let _ = r.apply(Command::Join(member(user)));
+        }
+        let _ = r.apply(Command::SetProperties {
+            member: member("bob"),
+            properties: [("map".to_owned(), "dune".to_owned())].into(),
+        });
+        for _ in 0..3 {
+            let _ = r.apply(Command::Op {
+                member: member("cy"),
+                payload: Bytes::from_static(b"x"),
+            });
+        }
+        let limits = Limits { max_op_bytes: 8 };
+        let mut moved = Room::restore(r.snapshot(7), NodeId::new("r2"), limits).expect("restores");
+        let (before, after) = (r.info_message(), moved.info_message());
+        assert_eq!(after.node_id, "r2");
+        assert_eq!(
+            (
+                after.room_id,
+                after.owner,
+                after.members,
+                after.max_members,
+                after.properties
+            ),
+            (
+                before.room_id,
+                before.owner,
+                before.members,
+                before.max_members,
+                before.properties
+            )
+        );
+        let (op, _) = moved.apply(Command::Op {
+            member: member("ann"),
+            payload: Bytes::from_static(b"y"),
+        });
+        let accepted = pb::OpAccepted::decode(op.expect("accepted")).expect("decodes");
+        assert_eq!(accepted.seq, 4, "the seq continues");
+    }
+
+    #[test]
+    fn a_snapshot_is_checked_like_any_request() {
+        let limits = Limits { max_op_bytes: 8 };
+        let mut r = room(2);
+        let _ = r.apply(Command::Join(member("ann")));
+        let good = r.snapshot(1);
+        let restore = |snapshot| Room::restore(snapshot, NodeId::new("r2"), limits).map(|_| ());
+        assert!(restore(good.clone()).is_ok());
+        let mut twice = good.clone();
+        twice.members.push(twice.members[0].clone());
+        assert!(restore(twice).is_err(), "a member twice");
+        let mut crowded = good.clone();
+        crowded.max_members = 1;
+        crowded.members.push(pb::SnapshotMember {
+            user_id: "bob".into(),
+            gateway_node: String::new(),
+        });
+        assert!(restore(crowded).is_err(), "more members than it takes");
+        let mut long = good.clone();
+        long.members[0].user_id = "u".repeat(crate::limits::MAX_USER_ID_BYTES + 1);
+        assert!(restore(long).is_err(), "a user id over the limit");
+        let mut nameless = good;
+        nameless.room_id.clear();
+        assert!(restore(nameless).is_err(), "no id");
+    }
 }

@@ -76,6 +76,9 @@ struct Index {
     rooms: HashMap<String, RoomHandle>,
     /// Rooms that moved away, whose actors forward to their new host for a while.
     forwarding: HashMap<String, (RoomHandle, NodeId)>,
+    /// The members of those rooms, by user: a member whose session ends before the new host
+    /// learns of them (they are still bound here) leaves through the forwarder.
+    moved_rooms: HashMap<String, BTreeSet<String>>,
     /// The rooms each user is a member of, on this server.
     user_rooms: HashMap<String, BTreeSet<String>>,
     members: u64,
@@ -484,6 +487,13 @@ impl Rooms {
                 last.push(user.clone());
             }
         }
+        {
+            let mut index = self.lock();
+            for user in members {
+                let rooms = index.moved_rooms.entry(user.clone()).or_default();
+                rooms.insert(room_id.to_owned());
+            }
+        }
         self.publish_load(sdk);
         let _ = handle.tx.send(Msg::Thaw(Some(host.clone()))).await;
         last
@@ -540,7 +550,21 @@ impl Rooms {
 
     /// A forwarder ended.
     fn forwarder_done(&self, room: &str) {
-        self.lock().forwarding.remove(room);
+        let mut index = self.lock();
+        index.forwarding.remove(room);
+        index.moved_rooms.retain(|_, rooms| {
+            rooms.remove(room);
+            !rooms.is_empty()
+        });
+    }
+
+    /// The rooms `user` was a member of when they moved away (while their forwarders run).
+    pub(crate) fn moved_rooms_of(&self, user: &str) -> Vec<String> {
+        self.lock()
+            .moved_rooms
+            .get(user)
+            .map(|rooms| rooms.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     fn forwarded(&self) {
@@ -838,7 +862,14 @@ fn begin_move(room: &Room, sdk: &Sdk) -> pb::RoomSnapshot {
     if let Some(push) = room.to_all(routes::PUSH_ROOM_MIGRATE_START, &start) {
         sdk.push_ordered(push.to, push.route, push.payload);
     }
-    room.snapshot(rand::random::<u64>().max(1))
+    let mut snapshot = room.snapshot(rand::random::<u64>().max(1));
+    // A member who moved to another gateway: the new host pushes there at once.
+    for member in &mut snapshot.members {
+        if let Some(gateway) = sdk.moved_to(&member.user_id) {
+            member.gateway_node = gateway.to_string();
+        }
+    }
+    snapshot
 }
 
 /// Applies one request here.

@@ -127,16 +127,21 @@ async fn routed(
     Ok(Reply::new(applied.payload))
 }
 
-/// A member's session closed: they leave every room here.
-async fn session_closed(rooms: Arc<Rooms>, closed: SessionClosed, _: Sdk) {
+/// A member's session closed: they leave every room here, and every room that moved away
+/// from here while they were bound here (its new host may not be told otherwise).
+async fn session_closed(rooms: Arc<Rooms>, closed: SessionClosed, sdk: Sdk) {
     let Some(user) = closed.user_id else { return };
+    let leave = || Command::Leave {
+        user: user.clone(),
+        reason: "disconnected",
+    };
     for room in rooms.rooms_of(&user) {
-        let command = Command::Leave {
-            user: user.clone(),
-            reason: "disconnected",
-        };
         // A room removed meanwhile has nothing left to leave.
-        let _ = rooms.send(&room, command).await;
+        let _ = rooms.send(&room, leave()).await;
+    }
+    for room in rooms.moved_rooms_of(&user) {
+        // NOT_A_MEMBER when the new host heard of it first.
+        let _ = rooms.route(&sdk, &room, leave(), 0).await;
     }
 }
 

@@ -219,6 +219,12 @@ impl Sdk {
         }
     }
 
+    /// The gateway `user` moved to, when this node heard of the move lately (a room handing
+    /// its members to another server passes this on).
+    pub fn moved_to(&self, user: &str) -> Option<NodeId> {
+        self.moves.gateway_of(user)
+    }
+
     /// The links gateways opened to this node.
     pub(crate) fn links(&self) -> &Links {
         &self.links

@@ -184,7 +184,9 @@ async fn a_draining_room_server_moves_every_room_under_traffic_without_losing_an
             let window = at.saturating_sub(2)..(at + 3).min(expected.len());
             panic!(
                 "{} in {room_id}: saw {:?} where {:?} was sent",
-                player.name, &payloads[window.clone()], &expected[window]
+                player.name,
+                &payloads[window.clone()],
+                &expected[window]
             );
         }
         let first = seen.ops[0].0;
@@ -397,13 +399,17 @@ async fn requests_reach_the_rooms_host_whichever_server_a_user_is_bound_to() {
     wait_for_members(&gateway, &["r2"]).await;
     wait_for_members(&r1, &["r2"]).await;
     // r2 is emptier (once the gateway sees ann in r1): bob's room goes there.
-    eventually("the gateway sees r1's member", Duration::from_secs(10), || {
-        gateway.nodes()["nodes"].as_array().is_some_and(|nodes| {
-            nodes
-                .iter()
-                .any(|n| n["id"] == "r1" && n["load"]["sessions"].as_u64() >= Some(1))
-        })
-    })
+    eventually(
+        "the gateway sees r1's member",
+        Duration::from_secs(10),
+        || {
+            gateway.nodes()["nodes"].as_array().is_some_and(|nodes| {
+                nodes
+                    .iter()
+                    .any(|n| n["id"] == "r1" && n["load"]["sessions"].as_u64() >= Some(1))
+            })
+        },
+    )
     .await;
     let second = bob.create_room().await;
     assert_eq!(second.node_id, "r2");
