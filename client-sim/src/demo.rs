@@ -1,6 +1,10 @@
 //! `client-sim demo`: the matchmaking story. N players log in, queue, are matched and bound to
 //! the least-loaded room server, then each sends a room operation every few seconds and prints
 //! what it receives. Ends with one summary line (`DEMO OK ...` or `DEMO FAILED ...`).
+//!
+//! Players hold a [`Session`] given every gateway: when their gateway drains (stopped) they
+//! move to another one, when the connection drops they resume, and each such step is printed,
+//! as are room migrations and room operations refused while a room server goes away.
 
 use std::{
     collections::BTreeSet,
@@ -10,21 +14,31 @@ use std::{
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::Args;
+use client::{Push, Session, SessionEvent, SessionEvents};
 use prost::Message;
 use proto::room::v1::{self as room, routes as room_routes};
 
-use crate::player::{Player, address};
+use crate::player::{Player, Pushes, address};
+
+/// Room server push: a room is moving to another room server (11:7, "room migrate start").
+const ROOM_MIGRATE_START: u32 = proto::route(11, 7);
+/// Room server push: a room finished moving to another room server (11:8, "room migrate
+/// complete").
+const ROOM_MIGRATE_COMPLETE: u32 = proto::route(11, 8);
 
 /// Options of the demo.
 #[derive(Args, Debug, Clone)]
 pub struct DemoArgs {
-    /// The gateway: `ws://host:port/ws` or `tcp://host:port`.
+    /// The gateways: `ws://host:port/ws` or `tcp://host:port`, comma separated or the flag
+    /// repeated. Players connect to the first that accepts and move to the others when it
+    /// goes away.
     #[arg(
         long,
         env = "SWITCHYARD_GATEWAY",
+        value_delimiter = ',',
         default_value = "ws://127.0.0.1:7000/ws"
     )]
-    pub gateway: String,
+    pub gateway: Vec<String>,
     /// Players in the story (a multiple of the mode's size).
     #[arg(long, default_value_t = 2)]
     pub users: usize,
@@ -49,6 +63,63 @@ struct Story {
     room_id: String,
     room_node: String,
     received: usize,
+    /// Times the session came back on a new connection.
+    reconnects: usize,
+}
+
+/// A player's session events told as they come: pushes are handed on, the rest printed.
+struct Narrated {
+    name: String,
+    events: SessionEvents,
+    reconnects: usize,
+}
+
+impl Pushes for Narrated {
+    async fn next_push(&mut self) -> Option<Push> {
+        let name = &self.name;
+        loop {
+            match self.events.next().await? {
+                SessionEvent::Push(push) => return Some(push),
+                SessionEvent::Connected {
+                    address,
+                    reconnect: true,
+                    resumed,
+                } => {
+                    self.reconnects += 1;
+                    if resumed {
+                        println!(
+                            "[{name}] reconnected to {address}: session resumed, no push lost"
+                        );
+                    } else {
+                        println!(
+                            "[{name}] reconnected to {address}: session resumed, some pushes were lost"
+                        );
+                    }
+                }
+                SessionEvent::Connected { .. } => {}
+                SessionEvent::Offline { grace, moving } => {
+                    let next = if moving {
+                        "migrating now"
+                    } else {
+                        "staying until it moves us"
+                    };
+                    println!("[{name}] gateway going offline (grace {grace:?}): {next}");
+                }
+                SessionEvent::Kicked { code, reason } => {
+                    println!("[{name}] kicked by the gateway: {reason} ({code})");
+                }
+                SessionEvent::Disconnected {
+                    reconnect: true,
+                    reason,
+                } => println!("[{name}] disconnected ({reason}): reconnecting"),
+                SessionEvent::Disconnected { reason, .. } => {
+                    println!("[{name}] disconnected for good: {reason}");
+                    return None;
+                }
+                SessionEvent::Unsolicited(_) => {}
+            }
+        }
+    }
 }
 
 pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -68,10 +139,10 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     })
     .collect();
     println!(
-        "demo: {} players, mode {}, gateway {}",
+        "demo: {} players, mode {}, gateways {}",
         names.len(),
         args.mode,
-        args.gateway
+        args.gateway.join(", ")
     );
     let mut tasks = Vec::new();
     for name in names.clone() {
@@ -103,8 +174,9 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .join(", ");
     if complete {
         let received: Vec<String> = stories.iter().map(|s| s.received.to_string()).collect();
+        let reconnects: usize = stories.iter().map(|s| s.reconnects).sum();
         println!(
-            "DEMO OK: {} players matched into {} room(s): {summary}; operations received per player: {}",
+            "DEMO OK: {} players matched into {} room(s): {summary}; operations received per player: {}; reconnections: {reconnects}",
             stories.len(),
             rooms.len(),
             received.join(",")
@@ -121,10 +193,20 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
 }
 
 async fn play(args: &DemoArgs, name: &str) -> anyhow::Result<Story> {
-    let address = address(&args.gateway)?;
+    let addresses = args
+        .gateway
+        .iter()
+        .map(|a| address(a))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let deadline = Instant::now() + Duration::from_secs(args.wait_secs);
+    let narrated = |events| Narrated {
+        name: name.to_owned(),
+        events,
+        reconnects: 0,
+    };
+    let secret = args.login_secret.as_deref();
     let mut player = loop {
-        match Player::login(&address, name, args.login_secret.as_deref()).await {
+        match Player::<Session, _>::login_session(&addresses, name, secret, narrated).await {
             Ok(player) => break player,
             Err(error) if Instant::now() < deadline => {
                 println!("[{name}] waiting for the cluster: {error:#}");
@@ -176,12 +258,16 @@ async fn play(args: &DemoArgs, name: &str) -> anyhow::Result<Story> {
             _ = ticker.tick(), if args.ops == 0 || sent < args.ops => {
                 sent += 1;
                 let move_text = format!("{name} move {sent}");
-                let response = player.room_op(&found.room_id, Bytes::from(move_text.clone())).await?;
-                if response.is_ok() {
-                    let seq = room::OpAccepted::decode(response.payload).map(|a| a.seq).unwrap_or(0);
-                    println!("[{name}] sent {move_text:?} (seq {seq})");
-                } else {
-                    println!("[{name}] operation refused: {} ({})", response.error, response.status);
+                // A room server going away refuses (or drops) an operation: told, not fatal.
+                match player.room_op(&found.room_id, Bytes::from(move_text.clone())).await {
+                    Ok(response) if response.is_ok() => {
+                        let seq = room::OpAccepted::decode(response.payload).map(|a| a.seq).unwrap_or(0);
+                        println!("[{name}] sent {move_text:?} (seq {seq})");
+                    }
+                    Ok(response) => {
+                        println!("[{name}] operation refused: {} ({})", response.error, response.status);
+                    }
+                    Err(error) => println!("[{name}] operation failed: {error:#}"),
                 }
             }
             push = player.events.next_push() => {
@@ -201,6 +287,15 @@ async fn play(args: &DemoArgs, name: &str) -> anyhow::Result<Story> {
                         let event = room::OwnerChanged::decode(push.payload)?;
                         println!("[{name}] the room's owner is now {}", event.owner);
                     }
+                    room_routes::PUSH_ROOM_CLOSED => {
+                        println!("[{name}] the room was closed");
+                    }
+                    ROOM_MIGRATE_START => {
+                        println!("[{name}] the room is moving to another room server");
+                    }
+                    ROOM_MIGRATE_COMPLETE => {
+                        println!("[{name}] the room moved to another room server");
+                    }
                     _ => {}
                 }
             }
@@ -216,5 +311,6 @@ async fn play(args: &DemoArgs, name: &str) -> anyhow::Result<Story> {
         room_id: found.room_id,
         room_node: found.room_node,
         received,
+        reconnects: player.events.reconnects,
     })
 }

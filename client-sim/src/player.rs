@@ -1,10 +1,13 @@
-//! One simulated player: the requests of the matchmaking story, typed.
+//! One simulated player: the requests of the matchmaking story, typed, over one connection
+//! (the load generator's [`Client`]) or a session that reconnects (the demo's [`Session`]).
 
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use client::{Address, Client, ClientConfig, Events};
+use client::{
+    Address, Client, ClientConfig, ClientError, Events, Push, Response, Session, SessionConfig,
+};
 use prost::Message;
 use proto::{
     matchmaking::v1::{self as mm, routes as match_routes},
@@ -24,10 +27,46 @@ pub(crate) fn address(text: &str) -> anyhow::Result<Address> {
     Ok(Address::Tcp(addr))
 }
 
-pub(crate) struct Player {
+/// What a player sends its requests through.
+pub(crate) trait Requests {
+    async fn request(&self, route: u32, payload: Vec<u8>) -> Result<Response, ClientError>;
+}
+
+impl Requests for Client {
+    async fn request(&self, route: u32, payload: Vec<u8>) -> Result<Response, ClientError> {
+        Client::request(self, route, payload).await
+    }
+}
+
+impl Requests for Session {
+    async fn request(&self, route: u32, payload: Vec<u8>) -> Result<Response, ClientError> {
+        Session::request(self, route, payload).await
+    }
+}
+
+/// Where a player's pushes come from.
+pub(crate) trait Pushes {
+    /// The next push; `None` once disconnected for good.
+    async fn next_push(&mut self) -> Option<Push>;
+}
+
+impl Pushes for Events {
+    async fn next_push(&mut self) -> Option<Push> {
+        Events::next_push(self).await
+    }
+}
+
+pub(crate) struct Player<C = Client, E = Events> {
     pub(crate) name: String,
-    pub(crate) client: Client,
-    pub(crate) events: Events,
+    pub(crate) client: C,
+    pub(crate) events: E,
+}
+
+fn client_config() -> ClientConfig {
+    ClientConfig {
+        request_timeout: Duration::from_secs(15),
+        ..ClientConfig::default()
+    }
 }
 
 impl Player {
@@ -37,35 +76,65 @@ impl Player {
         name: &str,
         secret: Option<&str>,
     ) -> anyhow::Result<Player> {
-        let config = ClientConfig {
-            request_timeout: Duration::from_secs(15),
-            ..ClientConfig::default()
-        };
-        let (client, events) = Client::connect_with(address.clone(), config).await?;
-        let token = secret
-            .map(|s| wire::auth::login_token(s.as_bytes(), name))
-            .unwrap_or_default();
-        let login = mm::Login {
-            user_id: name.to_owned(),
-            token,
-        };
-        let response = client
-            .request(match_routes::LOGIN, login.encode_to_vec())
-            .await?;
-        if !response.is_ok() {
-            bail!(
-                "login of {name} refused: {} ({})",
-                response.error,
-                response.status
-            );
-        }
+        let (client, events) = Client::connect_with(address.clone(), client_config()).await?;
+        log_in(&client, name, secret).await?;
         Ok(Player {
             name: name.to_owned(),
             client,
             events,
         })
     }
+}
 
+impl<E> Player<Session, E> {
+    /// Opens a session on the first of `addresses` that accepts and logs in; `events` makes
+    /// the player's pushes from the session's events.
+    pub(crate) async fn login_session(
+        addresses: &[Address],
+        name: &str,
+        secret: Option<&str>,
+        events: impl FnOnce(client::SessionEvents) -> E,
+    ) -> anyhow::Result<Self> {
+        let config = SessionConfig {
+            client: client_config(),
+            ..SessionConfig::default()
+        };
+        let (session, session_events) = Session::connect(addresses.to_vec(), config).await?;
+        if let Err(error) = log_in(&session, name, secret).await {
+            session.close().await;
+            return Err(error);
+        }
+        Ok(Player {
+            name: name.to_owned(),
+            client: session,
+            events: events(session_events),
+        })
+    }
+}
+
+/// Logs in on `client` (with a token when a login secret is given).
+async fn log_in(client: &impl Requests, name: &str, secret: Option<&str>) -> anyhow::Result<()> {
+    let token = secret
+        .map(|s| wire::auth::login_token(s.as_bytes(), name))
+        .unwrap_or_default();
+    let login = mm::Login {
+        user_id: name.to_owned(),
+        token,
+    };
+    let response = client
+        .request(match_routes::LOGIN, login.encode_to_vec())
+        .await?;
+    if !response.is_ok() {
+        bail!(
+            "login of {name} refused: {} ({})",
+            response.error,
+            response.status
+        );
+    }
+    Ok(())
+}
+
+impl<C: Requests, E: Pushes> Player<C, E> {
     pub(crate) async fn enqueue(&self, mode: &str) -> anyhow::Result<mm::Queued> {
         let response = self
             .client

@@ -392,6 +392,11 @@ impl Client {
         self.reader.0.abort();
     }
 
+    /// True when `other` is a handle of this same connection.
+    pub(crate) fn same_connection(&self, other: &Client) -> bool {
+        Arc::ptr_eq(&self.reader, &other.reader)
+    }
+
     fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashMap<u32, oneshot::Sender<Response>>> {
         lock(&self.pending)
     }
