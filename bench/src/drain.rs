@@ -7,9 +7,14 @@
 //! (its last room push before the move to its first after), and room broadcasts lost (a gap in
 //! a room's `seq` at a member) and doubled (a `seq` seen twice). There is no Go counterpart:
 //! the baseline cannot move a session.
+//!
+//! The clients live in generator processes (the hidden `drain-players` subcommand, each with a
+//! share of whole rooms, connecting from its own 127.0.0.x), so 10,000 sessions fit: the parent
+//! tells them to set up (`SETUP`), asks how many moved and got a push since (`SETTLED`), and to
+//! stop and report (`STOP`); each answers with one line.
 
 use std::{
-    net::SocketAddr,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -25,6 +30,7 @@ use hdrhistogram::Histogram;
 use prost::Message;
 use proto::room::v1::{self as room, routes};
 use runtime::RuntimeFlavor;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     Common,
@@ -39,10 +45,12 @@ use crate::{
 pub(crate) struct DrainArgs {
     #[command(flatten)]
     common: Common,
-    /// Sessions on the drained gateway (comma-separated: each is measured). One process holds
-    /// them all, twice over while they move: keep it under about 9,000.
+    /// Sessions on the drained gateway (comma-separated: each is measured).
     #[arg(long, value_delimiter = ',', default_value = "1000")]
     sessions: Vec<usize>,
+    /// Sessions per generator process (whole rooms each).
+    #[arg(long, default_value_t = 2500)]
+    per_process: usize,
     /// Members per room (one of them sends).
     #[arg(long, default_value_t = 10)]
     room_size: usize,
@@ -147,7 +155,7 @@ pub(crate) async fn run(args: DrainArgs) -> anyhow::Result<()> {
             p99.median < BLACKOUT_TARGET_MS,
         );
     }
-    report.note("Blackout: for each client, from the last room push it received through gateway A to the first through gateway B (it includes the room's own spacing between pushes: its floor is one period, 1/Hz). Lost and doubled are counted from each room's broadcast seq at every member. One generator process holds every client; server processes: two gateways, a login server, a room server.");
+    report.note(format!("Blackout: for each client, from the last room push it received through gateway A to the first through gateway B (it includes the room's own spacing between pushes: its floor is one period, 1/Hz). Lost and doubled are counted from each room's broadcast seq at every member. Clients live in generator processes of at most {} sessions each (multi-thread runtime); server processes: two gateways, a login server, a room server.", args.per_process));
     report.finish(&args.common.out)
 }
 
@@ -195,6 +203,7 @@ async fn follow(
     mut client: Client,
     mut events: Events,
     current: Arc<Mutex<Client>>,
+    config: ClientConfig,
     stop: Arc<AtomicBool>,
     settled: Arc<AtomicU64>,
 ) -> Seen {
@@ -233,9 +242,8 @@ async fn follow(
                 else {
                     return seen;
                 };
-                let config = bench_config();
                 let Ok((moved, moved_events, answer)) =
-                    Client::resume(address, config, &ticket).await
+                    Client::resume(address, config.clone(), &ticket).await
                 else {
                     return seen;
                 };
@@ -251,6 +259,167 @@ async fn follow(
             _ => {}
         }
     }
+}
+
+/// Options of the hidden `drain-players` subcommand: one generator process's share.
+#[derive(Args, Debug)]
+pub(crate) struct PlayersArgs {
+    /// Gateway A, `tcp://…`.
+    #[arg(long)]
+    address: String,
+    /// Index of this share's first room (user ids are `d-<room>-<member>`).
+    #[arg(long)]
+    first_room: usize,
+    /// Members of each of this share's rooms (comma-separated; one sends).
+    #[arg(long, value_delimiter = ',')]
+    rooms: Vec<usize>,
+    /// Operations per second per room.
+    #[arg(long)]
+    hz: f64,
+    /// Source address of every connection.
+    #[arg(long)]
+    source: IpAddr,
+}
+
+/// What one generator process saw.
+#[derive(Serialize, Deserialize, Debug, Default)]
+struct Share {
+    blackouts_us: Vec<u64>,
+    lost: u64,
+    doubled: u64,
+    not_moved: u64,
+}
+
+/// The `drain-players` process: sets up its rooms on `SETUP`, answers `SETTLED` with how many
+/// of its clients moved and got a push since, and on `STOP` stops and reports its [`Share`].
+#[allow(clippy::print_stdout)] // stdout is the protocol with the parent
+pub(crate) async fn serve_players(args: PlayersArgs) -> anyhow::Result<()> {
+    let mut config = bench_config();
+    config.local_ip = Some(args.source);
+    let address = Address::parse(&args.address).context("--address")?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let settled = Arc::new(AtomicU64::new(0));
+    let (mut followers, mut ticking) = (Vec::new(), Vec::new());
+    println!("READY");
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(tokio::io::stdin()));
+    while let Some(line) = lines.next_line().await? {
+        match line.trim() {
+            "SETUP" => {
+                let mut senders = Vec::new();
+                for (i, &size) in args.rooms.iter().enumerate() {
+                    let room = args.first_room + i;
+                    let (room_id, players) = set_up_room(&address, &config, room, size).await?;
+                    for (j, (client, events)) in players.into_iter().enumerate() {
+                        let current = Arc::new(Mutex::new(client.clone()));
+                        // The room's creator sends, through whichever gateway it is on.
+                        if j == 0 {
+                            senders.push((current.clone(), room_id.clone()));
+                        }
+                        followers.push(tokio::spawn(follow(
+                            client,
+                            events,
+                            current,
+                            config.clone(),
+                            stop.clone(),
+                            settled.clone(),
+                        )));
+                    }
+                }
+                ticking = start_ticking(senders, args.hz, &stop);
+                println!("{{\"players\":{}}}", followers.len());
+            }
+            "SETTLED" => println!("{}", settled.load(Ordering::Relaxed)),
+            "STOP" => {
+                stop.store(true, Ordering::Relaxed);
+                for ticker in ticking.drain(..) {
+                    let _ = ticker.await;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let mut share = Share::default();
+                for follower in followers.drain(..) {
+                    let seen = follower.await?;
+                    share.lost += seen.lost;
+                    share.doubled += seen.doubled;
+                    match seen.blackout {
+                        Some(blackout) => share.blackouts_us.push(blackout.as_micros() as u64),
+                        None => share.not_moved += 1,
+                    }
+                }
+                println!("{}", serde_json::to_string(&share)?);
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Logs in `size` players and puts them in one new room (the first creates it); the room's
+/// id and the players, its creator first.
+async fn set_up_room(
+    address: &Address,
+    config: &ClientConfig,
+    room: usize,
+    size: usize,
+) -> anyhow::Result<(String, Vec<(Client, Events)>)> {
+    let (creator, creator_events) = login(address, config, &format!("d-{room}-0")).await?;
+    let create = room::CreateRoom {
+        max_members: size as u32,
+        properties: Default::default(),
+    };
+    let created = creator
+        .request(routes::CREATE, create.encode_to_vec())
+        .await?;
+    anyhow::ensure!(created.is_ok(), "create failed: {created:?}");
+    let room_id = room::RoomInfo::decode(created.payload)?.room_id;
+    let joins = (1..size).map(|m| {
+        let room_id = room_id.clone();
+        async move {
+            let (client, events) = login(address, config, &format!("d-{room}-{m}")).await?;
+            let joined = client
+                .request(routes::JOIN, room::JoinRoom { room_id }.encode_to_vec())
+                .await?;
+            anyhow::ensure!(joined.is_ok(), "join failed: {joined:?}");
+            anyhow::Ok((client, events))
+        }
+    });
+    let mut players = vec![(creator, creator_events)];
+    for joined in futures::future::join_all(joins).await {
+        players.push(joined?);
+    }
+    Ok((room_id, players))
+}
+
+/// Every room sends, open loop, through whichever gateway its sender is on now.
+fn start_ticking(
+    senders: Vec<(Arc<Mutex<Client>>, String)>,
+    hz: f64,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let every = Duration::from_secs_f64(1.0 / hz.max(0.1));
+    senders
+        .into_iter()
+        .enumerate()
+        .map(|(i, (current, room_id))| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut next = Instant::now() + every.mul_f64(i as f64 / 97.0 % 1.0);
+                while !stop.load(Ordering::Relaxed) {
+                    tokio::time::sleep_until(next.into()).await;
+                    next += every;
+                    let client = current.lock().map(|c| c.clone());
+                    let Ok(client) = client else { return };
+                    let op = room::RoomOp {
+                        room_id: room_id.clone(),
+                        payload: Bytes::from_static(b"tick"),
+                    };
+                    tokio::spawn(async move {
+                        let _ = client.request(routes::OP, op.encode_to_vec()).await;
+                    });
+                }
+            })
+        })
+        .collect()
 }
 
 fn bench_config() -> ClientConfig {
@@ -295,91 +464,42 @@ async fn measure(flavor: RuntimeFlavor, sessions: usize, args: &DrainArgs) -> an
     ])?;
     let _rooms = ChildProcess::spawn(&["--flavor", flavor_arg, "serve-room", "--seed", &gossip])?;
     let a_admin: SocketAddr = a.get("admin")?.parse()?;
-    let a_tcp = Address::Tcp(a.get("tcp")?.parse()?);
+    let a_tcp = format!("tcp://{}", a.get("tcp")?);
     wait_for_online(a_admin, &["gateway-b"], 4).await?;
 
+    // Whole rooms per generator process, about `per_process` sessions each.
     let size = args.room_size.max(2);
-    let rooms = sessions.div_ceil(size);
-    let stop = Arc::new(AtomicBool::new(false));
-    let settled = Arc::new(AtomicU64::new(0));
-    let mut followers = Vec::new();
-    let mut senders = Vec::new();
-    let config = bench_config();
-    for r in 0..rooms {
-        let (creator, creator_events) = login(&a_tcp, &config, &format!("d-{r}-0")).await?;
-        let create = room::CreateRoom {
-            max_members: size as u32,
-            properties: Default::default(),
-        };
-        let created = creator
-            .request(routes::CREATE, create.encode_to_vec())
-            .await?;
-        anyhow::ensure!(created.is_ok(), "create failed: {created:?}");
-        let room_id = room::RoomInfo::decode(created.payload)?.room_id;
-        let current = Arc::new(Mutex::new(creator.clone()));
-        senders.push((current.clone(), room_id.clone()));
-        followers.push(tokio::spawn(follow(
-            creator,
-            creator_events,
-            current,
-            stop.clone(),
-            settled.clone(),
-        )));
-        let members = (1..size).filter(|m| r * size + m < sessions);
-        let joins = members.map(|m| {
-            let (a_tcp, config, room_id) = (a_tcp.clone(), config.clone(), room_id.clone());
-            async move {
-                let (client, events) = login(&a_tcp, &config, &format!("d-{r}-{m}")).await?;
-                let joined = client
-                    .request(routes::JOIN, room::JoinRoom { room_id }.encode_to_vec())
-                    .await?;
-                anyhow::ensure!(joined.is_ok(), "join failed: {joined:?}");
-                anyhow::Ok((client, events))
-            }
-        });
-        for joined in futures::future::join_all(joins).await {
-            let (client, events) = joined?;
-            let current = Arc::new(Mutex::new(client.clone()));
-            followers.push(tokio::spawn(follow(
-                client,
-                events,
-                current,
-                stop.clone(),
-                settled.clone(),
-            )));
+    let rooms: Vec<usize> = (0..sessions.div_ceil(size))
+        .map(|r| size.min(sessions - r * size))
+        .collect();
+    let per_process_rooms = args.per_process.max(size).div_ceil(size);
+    let mut generators = Vec::new();
+    for (g, share) in rooms.chunks(per_process_rooms).enumerate() {
+        let sizes: Vec<String> = share.iter().map(ToString::to_string).collect();
+        let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + g as u8));
+        generators.push(ChildProcess::spawn(&[
+            "--flavor",
+            RuntimeFlavor::MultiThread.as_arg(),
+            "drain-players",
+            "--address",
+            &a_tcp,
+            "--first-room",
+            &(g * per_process_rooms).to_string(),
+            "--rooms",
+            &sizes.join(","),
+            "--hz",
+            &args.hz.to_string(),
+            "--source",
+            &source.to_string(),
+        ])?);
+    }
+    let ask = |generators: &mut Vec<ChildProcess>, line: &str| -> anyhow::Result<Vec<String>> {
+        for generator in generators.iter_mut() {
+            generator.send(line)?;
         }
-    }
-
-    // Every room sends, open loop, through whichever gateway its sender is on now.
-    let every = Duration::from_secs_f64(1.0 / args.hz.max(0.1));
-    let sent = Arc::new(AtomicU64::new(0));
-    let mut ticking = Vec::new();
-    for (i, (current, room_id)) in senders.into_iter().enumerate() {
-        let (stop, sent) = (stop.clone(), sent.clone());
-        ticking.push(tokio::spawn(async move {
-            let mut next = Instant::now() + every.mul_f64(i as f64 / 97.0 % 1.0);
-            while !stop.load(Ordering::Relaxed) {
-                tokio::time::sleep_until(next.into()).await;
-                next += every;
-                let client = current.lock().map(|c| c.clone());
-                let Ok(client) = client else { return };
-                let op = room::RoomOp {
-                    room_id: room_id.clone(),
-                    payload: Bytes::from_static(b"tick"),
-                };
-                let sent = sent.clone();
-                tokio::spawn(async move {
-                    if client
-                        .request(routes::OP, op.encode_to_vec())
-                        .await
-                        .is_ok_and(|r| r.is_ok())
-                    {
-                        sent.fetch_add(1, Ordering::Relaxed);
-                    }
-                });
-            }
-        }));
-    }
+        generators.iter_mut().map(|g| g.read_line()).collect()
+    };
+    ask(&mut generators, "SETUP")?;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let drain_at = Instant::now();
@@ -391,26 +511,27 @@ async fn measure(flavor: RuntimeFlavor, sessions: usize, args: &DrainArgs) -> an
     let moved_in = wait_until_empty(a_admin, drain_at, Duration::from_secs(60)).await;
     // Until every client got a push on its new gateway (or 20 s), then a little more.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while (settled.load(Ordering::Relaxed) as usize) < sessions && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::Relaxed);
-    for ticker in ticking {
-        let _ = ticker.await;
+    loop {
+        let settled: usize = ask(&mut generators, "SETTLED")?
+            .iter()
+            .map(|n| n.parse::<usize>().unwrap_or(0))
+            .sum();
+        if settled >= sessions || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut blackouts: Histogram<u64> = histogram();
     let (mut lost, mut doubled, mut not_moved) = (0, 0, 0);
-    for follower in followers {
-        let seen = follower.await?;
-        lost += seen.lost;
-        doubled += seen.doubled;
-        match seen.blackout {
-            Some(blackout) => {
-                blackouts.saturating_record(blackout.as_micros() as u64);
-            }
-            None => not_moved += 1,
+    for line in ask(&mut generators, "STOP")? {
+        let share: Share =
+            serde_json::from_str(&line).with_context(|| format!("a generator said {line:?}"))?;
+        lost += share.lost;
+        doubled += share.doubled;
+        not_moved += share.not_moved;
+        for us in share.blackouts_us {
+            blackouts.saturating_record(us);
         }
     }
     drop((a, b));
@@ -425,7 +546,6 @@ async fn measure(flavor: RuntimeFlavor, sessions: usize, args: &DrainArgs) -> an
         not_moved,
     })
 }
-
 /// Waits until `admin`'s node sees the named nodes online and `members` members in all.
 async fn wait_for_online(admin: SocketAddr, ids: &[&str], members: usize) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -120,6 +120,9 @@ enum Scenario {
     /// (internal) a load generator process holding many connections.
     #[command(hide = true)]
     Swarm(swarm::SwarmArgs),
+    /// (internal) a generator process holding a share of the drain scenario's players.
+    #[command(hide = true)]
+    DrainPlayers(drain::PlayersArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -146,6 +149,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::ServeMeshNode => mesh_rr::serve_node().await,
             Scenario::ServeBareGrpc => mesh_rr::serve_bare().await,
             Scenario::Swarm(args) => swarm::serve(args).await,
+            Scenario::DrainPlayers(args) => drain::serve_players(args).await,
         }
     })?
 }

@@ -1,8 +1,8 @@
 //! Sessions that move between gateways, and pushes that follow them.
 //!
 //! A session moves by a hand-over (`hand_over`): the old gateway marks it moving (pushes wait,
-//! unnumbered), sends a snapshot to the new gateway (`AdoptSession`), and once that gateway
-//! holds it:
+//! unnumbered), sends a snapshot to the new gateway (`AdoptSessions`, in batches of the
+//! sessions waiting to move there), and once that gateway holds it:
 //! 1. registers a forwarding entry for the user and, under the session's pushes lock, queues the
 //!    pushes that waited to be forwarded, so every later push for the user is forwarded after
 //!    them, in the order it arrives;
@@ -37,7 +37,10 @@ use proto::{
     gateway::v1::{self as pb, forward_item::Item, gateway_client::GatewayClient},
     logic::v1::Moved,
 };
-use tokio::{sync::mpsc, time::Instant};
+use tokio::{
+    sync::{Semaphore, mpsc, oneshot},
+    time::Instant,
+};
 use tracing::{debug, info, warn};
 use wire::{ErrorCode, envelope};
 
@@ -56,6 +59,10 @@ const SETTLE: Duration = Duration::from_secs(10);
 const FORWARD_QUEUE: usize = 65_536;
 /// Most items in one `Forward` call.
 const FORWARD_BATCH: usize = 1024;
+/// Most sessions in one `AdoptSessions` call.
+const MOVE_BATCH: usize = 256;
+/// `AdoptSessions` calls in flight toward one gateway.
+const MOVE_CALLS: usize = 4;
 
 /// Milliseconds since this process's first call (a clock for `Forwards::any`).
 fn since_start_ms() -> u64 {
@@ -79,9 +86,21 @@ struct Forwarding {
     until: Instant,
 }
 
+/// What a hand-over gives: the adopting gateway's answer and the connection that carried the
+/// session here (to be told where it went).
+pub(crate) type HandedOver = Result<(pb::Adopted, Option<Arc<Conn>>), MoveError>;
+
+/// A session waiting for its batch of hand-overs.
+pub(crate) struct HandOver {
+    session: Arc<Session>,
+    done: oneshot::Sender<HandedOver>,
+}
+
 /// Users whose session moved away from here, and the ordered queues toward their gateways.
 #[derive(Default)]
 pub(crate) struct Forwards {
+    /// Hand-overs waiting, by gateway (`Gateway::hand_over`).
+    movers: Mutex<HashMap<NodeId, mpsc::UnboundedSender<HandOver>>>,
     users: Mutex<HashMap<String, Forwarding>>,
     queues: Mutex<HashMap<NodeId, mpsc::Sender<pb::ForwardItem>>>,
     /// Until when some user's pushes are forwarded, in ms since `epoch` (a push for a user not
@@ -221,28 +240,129 @@ impl Forwards {
 
 impl Gateway {
     /// Hands `session` over to gateway `to` (see the module doc); on success the session is
-    /// over here, its connection (if any) returned to be told where it went.
+    /// over here, its connection (if any) returned to be told where it went. Hand-overs to one
+    /// gateway go in batches (one `AdoptSessions` call for all that are waiting, a few calls
+    /// at once): a drain that moves thousands of clients makes tens of calls, not thousands.
+    /// A session waiting for its batch is not moving yet: its pushes still flow.
     pub(crate) async fn hand_over(
         self: &Arc<Self>,
         session: &Arc<Session>,
         to: &NodeId,
-    ) -> Result<(pb::Adopted, Option<Arc<Conn>>), MoveError> {
-        let was_detached = session.start_moving().ok_or(MoveError::NotHere)?;
-        let snapshot = session.snapshot(&self.node_id);
-        let nodes = snapshot_nodes(&snapshot);
+    ) -> HandedOver {
+        let (done, answer) = oneshot::channel();
+        let waiting = HandOver {
+            session: session.clone(),
+            done,
+        };
+        if self.mover(to).send(waiting).is_err() {
+            return Err(MoveError::NotAdopted("the gateway is stopping".into()));
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(MoveError::NotAdopted("the gateway is stopping".into())))
+    }
+
+    /// The queue of hand-overs to `to`, and its task.
+    fn mover(self: &Arc<Self>, to: &NodeId) -> mpsc::UnboundedSender<HandOver> {
+        let mut movers = self
+            .forwards
+            .movers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(mover) = movers.get(to).filter(|m| !m.is_closed()) {
+            return mover.clone();
+        }
+        // Unbounded, yet bounded by the sessions here: each waits in it at most once.
+        let (tx, rx) = mpsc::unbounded_channel();
+        movers.insert(to.clone(), tx.clone());
+        self.tracker.spawn(self.clone().move_loop(to.clone(), rx));
+        tx
+    }
+
+    /// Takes the hand-overs waiting for `to` in batches, a few batches at once.
+    async fn move_loop(
+        self: Arc<Self>,
+        to: NodeId,
+        mut waiting: mpsc::UnboundedReceiver<HandOver>,
+    ) {
+        let calls = Arc::new(Semaphore::new(MOVE_CALLS));
+        let mut batch = Vec::with_capacity(MOVE_BATCH);
+        loop {
+            let Ok(call) = calls.clone().acquire_owned().await else {
+                return;
+            };
+            if waiting.recv_many(&mut batch, MOVE_BATCH).await == 0 {
+                return;
+            }
+            let (gateway, to, batch) = (self.clone(), to.clone(), std::mem::take(&mut batch));
+            self.tracker.spawn(async move {
+                gateway.hand_over_batch(&to, batch).await;
+                drop(call);
+            });
+        }
+    }
+
+    /// One batch of hand-overs: each session marked moving, one `AdoptSessions` call, and each
+    /// session finished (moved away) or back as it was.
+    async fn hand_over_batch(self: &Arc<Self>, to: &NodeId, batch: Vec<HandOver>) {
+        let mut moving = Vec::with_capacity(batch.len());
+        let mut snapshots = Vec::with_capacity(batch.len());
+        for waiting in batch {
+            let Some(was_detached) = waiting.session.start_moving() else {
+                let _ = waiting.done.send(Err(MoveError::NotHere));
+                continue;
+            };
+            let snapshot = waiting.session.snapshot(&self.node_id);
+            moving.push((waiting, was_detached, snapshot_nodes(&snapshot)));
+            snapshots.push(snapshot);
+        }
+        if moving.is_empty() {
+            return;
+        }
+        let request = pb::SessionSnapshots {
+            sessions: snapshots,
+        };
         let answer = self
             .call_gateway(to, |mut client| {
-                let snapshot = snapshot.clone();
-                async move { client.adopt_session(snapshot).await }
+                let request = request.clone();
+                async move { client.adopt_sessions(request).await }
             })
             .await;
-        let adopted = match answer {
-            Ok(adopted) => adopted,
+        let mut answers = match answer {
+            Ok(adopted) => adopted.adopted.into_iter(),
             Err(error) => {
-                self.move_failed(session, was_detached);
-                return Err(MoveError::NotAdopted(error));
+                for (waiting, was_detached, _) in moving {
+                    self.move_failed(&waiting.session, was_detached);
+                    let _ = waiting.done.send(Err(MoveError::NotAdopted(error.clone())));
+                }
+                return;
             }
         };
+        for (waiting, was_detached, nodes) in moving {
+            let outcome = match answers.next() {
+                Some(adopted) if adopted.refused.is_empty() => {
+                    let conn = self.moved_away(&waiting.session, to, was_detached, &nodes);
+                    Ok((adopted, conn))
+                }
+                refused => {
+                    self.move_failed(&waiting.session, was_detached);
+                    let why = refused.map_or_else(|| "no answer for it".to_owned(), |a| a.refused);
+                    Err(MoveError::NotAdopted(why))
+                }
+            };
+            let _ = waiting.done.send(outcome);
+        }
+    }
+
+    /// The other gateway holds `session` now: its pushes are forwarded there (those that
+    /// waited first), it is removed here, and its nodes are told; returns its connection.
+    fn moved_away(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        to: &NodeId,
+        was_detached: bool,
+        nodes: &[NodeId],
+    ) -> Option<Arc<Conn>> {
         let user = session.user().as_deref().unwrap_or_default().to_owned();
         self.ensure_forward_queue(to);
         self.forwards.start(&user, to);
@@ -260,7 +380,7 @@ impl Gateway {
             user_id: user.clone(),
             to_gateway: to.to_string(),
         };
-        for node in &nodes {
+        for node in nodes {
             if self.send_moved(node, moved.clone()) {
                 self.forwards.unacked.fetch_add(1, Ordering::AcqRel);
             } else {
@@ -270,7 +390,7 @@ impl Gateway {
         }
         info!(session = session.id, user, to = %to, "session handed over");
         ::metrics::counter!(crate::metrics::MOVES, "outcome" => "moved").increment(1);
-        Ok((adopted, conn))
+        conn
     }
 
     /// One call to another gateway's service, within the forwarding timeout.
@@ -533,6 +653,7 @@ impl Gateway {
             token: info.resume_token,
             token_expires_at_ms: info.token_expires_at_ms,
             addresses: self.client_addresses(),
+            refused: String::new(),
         }
     }
 

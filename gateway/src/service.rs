@@ -276,20 +276,29 @@ impl gateway_server::Gateway for GatewayService {
         Ok(Response::new(reply))
     }
 
-    async fn adopt_session(
+    async fn adopt_sessions(
         &self,
-        request: Request<pb::SessionSnapshot>,
-    ) -> Result<Response<pb::Adopted>, Status> {
-        let snapshot = request.into_inner();
-        if snapshot.user_id.is_empty() {
-            return Err(Status::invalid_argument(
-                "only a logged-in session can move",
-            ));
-        }
+        request: Request<pb::SessionSnapshots>,
+    ) -> Result<Response<pb::AdoptedSessions>, Status> {
         if !self.0.accepts_new_work() {
             return Err(Status::unavailable("this gateway is draining"));
         }
-        Ok(Response::new(self.0.adopt(snapshot)))
+        let adopted = request
+            .into_inner()
+            .sessions
+            .into_iter()
+            .map(|snapshot| {
+                if snapshot.user_id.is_empty() {
+                    pb::Adopted {
+                        refused: "only a logged-in session can move".into(),
+                        ..pb::Adopted::default()
+                    }
+                } else {
+                    self.0.adopt(snapshot)
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::AdoptedSessions { adopted }))
     }
 
     async fn take_session(
