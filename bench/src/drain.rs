@@ -70,6 +70,9 @@ const BLACKOUT_TARGET_MS: f64 = 100.0;
 
 /// One round's figures.
 struct Run {
+    /// The blackout's parts, p50 and p99 each: moving at A until told `MIGRATE_TO`, reconnect
+    /// and resume at B, then the first push there.
+    phases_ms: [[f64; 2]; 3],
     moved_in: Duration,
     blackout_p50_ms: f64,
     blackout_p99_ms: f64,
@@ -102,7 +105,7 @@ pub(crate) async fn run(args: DrainArgs) -> anyhow::Result<()> {
             "not moved",
         ],
     );
-    let mut verdicts = Vec::new();
+    let (mut verdicts, mut phase_rows) = (Vec::new(), Vec::new());
     for &flavor in &args.common.server_flavor {
         for &sessions in &args.sessions {
             let mut runs = Vec::new();
@@ -133,8 +136,31 @@ pub(crate) async fn run(args: DrainArgs) -> anyhow::Result<()> {
                 text(not_moved),
             ]);
             verdicts.push((flavor, sessions, moved, p99, lost, doubled, not_moved));
+            let mut phase_row = vec![text(flavor), text(sessions)];
+            for part in 0..3 {
+                for q in 0..2 {
+                    phase_row.push(text(Spread::of(runs.iter().map(|r| r.phases_ms[part][q]))));
+                }
+            }
+            phase_rows.push(phase_row);
             eprintln!("{flavor}: {sessions} sessions done");
         }
+    }
+    let phases = report.table(
+        "Where the blackout goes, ms (per client: last push via A → MIGRATE_TO → resumed at B → first push via B)",
+        &[
+            "server runtime",
+            "sessions",
+            "moving at A p50",
+            "p99",
+            "reconnect + resume p50",
+            "p99",
+            "first push at B p50",
+            "p99",
+        ],
+    );
+    for row in phase_rows {
+        phases.row(row);
     }
     for (flavor, sessions, moved, p99, lost, doubled, not_moved) in verdicts {
         report.target(
@@ -172,6 +198,10 @@ struct Seen {
     moved: bool,
     /// Counted among the clients that moved and got a push since.
     counted: bool,
+    /// The blackout's parts: last push via A → `MIGRATE_TO`, → resumed at B, → first push.
+    told_at: Option<Instant>,
+    resumed_at: Option<Instant>,
+    phases: Option<[Duration; 3]>,
 }
 
 impl Seen {
@@ -192,6 +222,10 @@ impl Seen {
             && let Some(before) = self.last_push_at
         {
             self.blackout = Some(now - before);
+            if let (Some(told), Some(resumed)) = (self.told_at, self.resumed_at) {
+                let told = told.max(before);
+                self.phases = Some([told - before, resumed - told, now - resumed]);
+            }
         }
         self.last_push_at = Some(now);
     }
@@ -226,6 +260,7 @@ async fn follow(
                 tokio::spawn(async move { asking.migrate().await });
             }
             Event::MigrateTo { addresses, ticket } => {
+                seen.told_at = Some(Instant::now());
                 // What the old connection still delivers comes first.
                 while let Some(event) = events.next().await {
                     match event {
@@ -250,6 +285,7 @@ async fn follow(
                 if !answer.is_ok() {
                     return seen;
                 }
+                seen.resumed_at = Some(Instant::now());
                 seen.moved = true;
                 if let Ok(mut current) = current.lock() {
                     *current = moved.clone();
@@ -285,6 +321,8 @@ pub(crate) struct PlayersArgs {
 #[derive(Serialize, Deserialize, Debug, Default)]
 struct Share {
     blackouts_us: Vec<u64>,
+    /// Per moved client: its blackout's three parts (see `Seen`), microseconds.
+    phases_us: Vec<[u64; 3]>,
     lost: u64,
     doubled: u64,
     not_moved: u64,
@@ -344,6 +382,9 @@ pub(crate) async fn serve_players(args: PlayersArgs) -> anyhow::Result<()> {
                     match seen.blackout {
                         Some(blackout) => share.blackouts_us.push(blackout.as_micros() as u64),
                         None => share.not_moved += 1,
+                    }
+                    if let Some(phases) = seen.phases {
+                        share.phases_us.push(phases.map(|p| p.as_micros() as u64));
                     }
                 }
                 println!("{}", serde_json::to_string(&share)?);
@@ -523,6 +564,7 @@ async fn measure(flavor: RuntimeFlavor, sessions: usize, args: &DrainArgs) -> an
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut blackouts: Histogram<u64> = histogram();
+    let mut phases: [Histogram<u64>; 3] = [histogram(), histogram(), histogram()];
     let (mut lost, mut doubled, mut not_moved) = (0, 0, 0);
     for line in ask(&mut generators, "STOP")? {
         let share: Share =
@@ -533,10 +575,17 @@ async fn measure(flavor: RuntimeFlavor, sessions: usize, args: &DrainArgs) -> an
         for us in share.blackouts_us {
             blackouts.saturating_record(us);
         }
+        for part in share.phases_us {
+            for (histogram, us) in phases.iter_mut().zip(part) {
+                histogram.saturating_record(us);
+            }
+        }
     }
     drop((a, b));
     let ms = |q: f64| blackouts.value_at_quantile(q) as f64 / 1000.0;
+    let part = |h: &Histogram<u64>| [0.5, 0.99].map(|q| h.value_at_quantile(q) as f64 / 1000.0);
     Ok(Run {
+        phases_ms: phases.each_ref().map(part),
         moved_in,
         blackout_p50_ms: ms(0.5),
         blackout_p99_ms: ms(0.99),

@@ -32,6 +32,7 @@ use std::{
 
 use bytes::Bytes;
 use mesh::{NodeId, PeerChannel};
+use prost::Message;
 use proto::{
     client::v1::{Envelope, Kind, MigrateTo},
     gateway::v1::{self as pb, forward_item::Item, gateway_client::GatewayClient},
@@ -60,9 +61,12 @@ const FORWARD_QUEUE: usize = 65_536;
 /// Most items in one `Forward` call.
 const FORWARD_BATCH: usize = 1024;
 /// Most sessions in one `AdoptSessions` call.
-const MOVE_BATCH: usize = 256;
+const MOVE_BATCH: usize = 1024;
 /// `AdoptSessions` calls in flight toward one gateway.
 const MOVE_CALLS: usize = 4;
+/// Most bytes of snapshots in one `AdoptSessions` call: a gateway takes messages of up to 4 MiB
+/// (gRPC's default), and a snapshot carries its session's replay ring.
+const MOVE_BYTES: usize = 2 << 20;
 
 /// Milliseconds since this process's first call (a clock for `Forwards::any`).
 fn since_start_ms() -> u64 {
@@ -94,6 +98,15 @@ pub(crate) type HandedOver = Result<(pb::Adopted, Option<Arc<Conn>>), MoveError>
 pub(crate) struct HandOver {
     session: Arc<Session>,
     done: oneshot::Sender<HandedOver>,
+}
+
+/// A session marked moving, with its snapshot, waiting for its call.
+struct Moving {
+    waiting: HandOver,
+    was_detached: bool,
+    /// The nodes it was bound to or watched by (told `Moved` once it moved).
+    nodes: Vec<NodeId>,
+    snapshot: pb::SessionSnapshot,
 }
 
 /// Users whose session moved away from here, and the ordered queues toward their gateways.
@@ -302,23 +315,41 @@ impl Gateway {
         }
     }
 
-    /// One batch of hand-overs: each session marked moving, one `AdoptSessions` call, and each
+    /// One batch of hand-overs: each session marked moving, then `AdoptSessions` calls of at
+    /// most `MOVE_BYTES` of snapshots each (a session's replay ring travels with it), and each
     /// session finished (moved away) or back as it was.
     async fn hand_over_batch(self: &Arc<Self>, to: &NodeId, batch: Vec<HandOver>) {
-        let mut moving = Vec::with_capacity(batch.len());
-        let mut snapshots = Vec::with_capacity(batch.len());
+        let mut calls: Vec<Vec<Moving>> = vec![Vec::new()];
+        let mut bytes = 0;
         for waiting in batch {
             let Some(was_detached) = waiting.session.start_moving() else {
                 let _ = waiting.done.send(Err(MoveError::NotHere));
                 continue;
             };
             let snapshot = waiting.session.snapshot(&self.node_id);
-            moving.push((waiting, was_detached, snapshot_nodes(&snapshot)));
-            snapshots.push(snapshot);
+            let size = snapshot.encoded_len();
+            if bytes + size > MOVE_BYTES && calls.last().is_some_and(|c| !c.is_empty()) {
+                calls.push(Vec::new());
+                bytes = 0;
+            }
+            bytes += size;
+            calls.last_mut().expect("one call at least").push(Moving {
+                nodes: snapshot_nodes(&snapshot),
+                waiting,
+                was_detached,
+                snapshot,
+            });
         }
-        if moving.is_empty() {
-            return;
-        }
+        let calls = calls.into_iter().filter(|call| !call.is_empty());
+        futures::future::join_all(calls.map(|call| self.adopt_there(to, call))).await;
+    }
+
+    /// One `AdoptSessions` call, and what becomes of each session in it.
+    async fn adopt_there(self: &Arc<Self>, to: &NodeId, call: Vec<Moving>) {
+        let (moving, snapshots): (Vec<_>, Vec<_>) = call
+            .into_iter()
+            .map(|m| ((m.waiting, m.was_detached, m.nodes), m.snapshot))
+            .unzip();
         let request = pb::SessionSnapshots {
             sessions: snapshots,
         };

@@ -23,6 +23,8 @@ use support::*;
 const JOIN: u32 = proto::route(4, 1);
 /// The route of the numbered pushes.
 const TICK: u32 = proto::route(4, 2);
+/// The route of pushes that fill replay rings.
+const FILL: u32 = proto::route(4, 3);
 
 fn routes() -> LogicServer {
     test_routes("room").route(JOIN, |ctx, _| async move {
@@ -256,8 +258,11 @@ async fn drain_with_clients(
     eager: bool,
     grace_ms: &str,
     pushing: Pushing,
+    fill: usize,
 ) -> Duration {
-    let pair = Pair::start(&["--drain-grace-ms", grace_ms]).await;
+    // Replay rings that hold `fill` (and the ticks after it).
+    let ring = (fill + 16 * 1024).to_string();
+    let pair = Pair::start(&["--drain-grace-ms", grace_ms, "--replay-max-bytes", &ring]).await;
     let names: Vec<String> = (0..clients).map(|n| format!("p{n}")).collect();
     let done = Arc::new(AtomicBool::new(false));
     let mut followers = Vec::new();
@@ -275,6 +280,20 @@ async fn drain_with_clients(
             eager,
             done.clone(),
         )));
+    }
+    // `fill` bytes of pushes held in each session's replay ring, in four pushes.
+    if fill > 0 {
+        for _ in 0..4 {
+            let recipients = names
+                .iter()
+                .map(|u| Recipient::at(u.clone(), pair.a.id.clone()));
+            let payload = vec![b'x'; fill / 4];
+            pair.logic
+                .sdk
+                .push(recipients, FILL, payload)
+                .await
+                .expect("pushed");
+        }
     }
     let stop = Arc::new(AtomicBool::new(false));
     let ticker = tick(
@@ -321,7 +340,7 @@ async fn drain_with_clients(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_gateway_moves_clients_that_ask_and_exits_before_its_grace_ends() {
-    let took = drain_with_clients(20, true, "10000", Pushing::Ordered).await;
+    let took = drain_with_clients(20, true, "10000", Pushing::Ordered, 0).await;
     assert!(
         took < Duration::from_secs(10),
         "gateway A took {took:?}, its whole grace"
@@ -330,7 +349,15 @@ async fn a_draining_gateway_moves_clients_that_ask_and_exits_before_its_grace_en
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_ignore_offline_are_moved_when_the_grace_ends() {
-    drain_with_clients(10, false, "1000", Pushing::Awaited).await;
+    drain_with_clients(10, false, "1000", Pushing::Awaited, 0).await;
+}
+
+/// Sessions move in batches, and a batch is split so no call carries more than a gateway takes
+/// in one message (4 MiB): a hundred sessions each holding 128 KB of pushes for a resume
+/// (12.8 MB in all) move together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_with_full_replay_rings_move_in_calls_a_gateway_takes() {
+    drain_with_clients(100, false, "1000", Pushing::Ordered, 128_000).await;
 }
 
 /// `method path` on gateway A's admin endpoint with `token`: (status, body).
