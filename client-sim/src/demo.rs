@@ -268,21 +268,9 @@ async fn play(args: &DemoArgs, name: &str) -> anyhow::Result<Story> {
     let mut last_event = Instant::now();
     while received < expected {
         tokio::select! {
-            _ = ticker.tick(), if args.ops == 0 || sent < args.ops => {
-                sent += 1;
-                let move_text = format!("{name} move {sent}");
-                // A room server going away refuses (or drops) an operation: told, not fatal.
-                match player.room_op(&found.room_id, Bytes::from(move_text.clone())).await {
-                    Ok(response) if response.is_ok() => {
-                        let seq = room::OpAccepted::decode(response.payload).map(|a| a.seq).unwrap_or(0);
-                        println!("[{name}] sent {move_text:?} (seq {seq})");
-                    }
-                    Ok(response) => {
-                        println!("[{name}] operation refused: {} ({})", response.error, response.status);
-                    }
-                    Err(error) => println!("[{name}] operation failed: {error:#}"),
-                }
-            }
+            // Pushes already here first: the story is told in the order things happened
+            // (a room's move before the operations sent after it).
+            biased;
             push = player.events.next_push() => {
                 let push = push.context("disconnected during the match")?;
                 last_event = Instant::now();
@@ -324,6 +312,21 @@ async fn play(args: &DemoArgs, name: &str) -> anyhow::Result<Story> {
                         }
                     }
                     _ => {}
+                }
+            }
+            _ = ticker.tick(), if args.ops == 0 || sent < args.ops => {
+                sent += 1;
+                let move_text = format!("{name} move {sent}");
+                // A room server going away refuses (or drops) an operation: told, not fatal.
+                match player.room_op(&found.room_id, Bytes::from(move_text.clone())).await {
+                    Ok(response) if response.is_ok() => {
+                        let seq = room::OpAccepted::decode(response.payload).map(|a| a.seq).unwrap_or(0);
+                        println!("[{name}] sent {move_text:?} (seq {seq})");
+                    }
+                    Ok(response) => {
+                        println!("[{name}] operation refused: {} ({})", response.error, response.status);
+                    }
+                    Err(error) => println!("[{name}] operation failed: {error:#}"),
                 }
             }
             _ = tokio::time::sleep(quiet_limit.saturating_sub(last_event.elapsed())) => {
