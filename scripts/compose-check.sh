@@ -31,9 +31,9 @@ wait_for() {
   return 1
 }
 
-# Long enough to stop a gateway and then a room server in the middle: 15 operations a second
+# Long enough to stop a gateway and then a room server in the middle: 20 operations a second
 # apart per player.
-export SWITCHYARD_DEMO_OPS=15
+export SWITCHYARD_DEMO_OPS=20
 [ -x target/docker/switchyard ] || scripts/build-static.sh
 build_log=$(dc build 2>&1) || { echo "$build_log"; fail "the image did not build"; }
 up_log=$(dc up -d 2>&1) || { echo "$up_log"; fail "the stack did not start"; }
@@ -72,7 +72,7 @@ nodes=$(curl -fsS http://127.0.0.1:9110/cluster/nodes || true)
   || fail "players were matched onto $room_node, not logic-room-2 (the room server with fewer rooms)"
 echo "$logs" | grep -q "DEMO OK: 2 players matched into 1 room(s): [0-9a-f]* on $room_node (moved to $other_node);" \
   || fail "the demo's room did not end up on $other_node"
-echo "$logs" | grep -q "operations received per player: 30,30; .*; seq gaps: 0$" \
+echo "$logs" | grep -q "operations received per player: 40,40; .*; seq gaps: 0$" \
   || fail "broadcasts were lost, doubled or out of order when the players or the room moved"
 [ "$(echo "$logs" | grep -c 'reconnected to ws://gateway-2:7000/ws: session resumed, no push lost')" = 2 ] \
   || fail "the players did not both resume on gateway-2"
