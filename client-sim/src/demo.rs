@@ -20,12 +20,6 @@ use proto::room::v1::{self as room, routes as room_routes};
 
 use crate::player::{Player, Pushes, address};
 
-/// Room server push: a room is moving to another room server (11:7, "room migrate start").
-const ROOM_MIGRATE_START: u32 = proto::route(11, 7);
-/// Room server push: a room finished moving to another room server (11:8, "room migrate
-/// complete").
-const ROOM_MIGRATE_COMPLETE: u32 = proto::route(11, 8);
-
 /// Options of the demo.
 #[derive(Args, Debug, Clone)]
 pub struct DemoArgs {
@@ -61,8 +55,13 @@ pub struct DemoArgs {
 
 struct Story {
     room_id: String,
+    /// The room server the players were matched onto.
     room_node: String,
+    /// Where the room ended up after moves (`RoomMigrateComplete`), when it moved.
+    moved_to: Option<String>,
     received: usize,
+    /// Operations whose `seq` did not follow the previous one's (lost or doubled).
+    seq_gaps: usize,
     /// Times the session came back on a new connection.
     reconnects: usize,
 }
@@ -161,22 +160,32 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             stories.push(story);
         }
     }
-    let rooms: BTreeSet<(&str, &str)> = stories
+    let rooms: BTreeSet<(&str, &str, Option<&str>)> = stories
         .iter()
-        .map(|s| (s.room_id.as_str(), s.room_node.as_str()))
+        .map(|s| {
+            (
+                s.room_id.as_str(),
+                s.room_node.as_str(),
+                s.moved_to.as_deref(),
+            )
+        })
         .collect();
     let complete =
         stories.len() == names.len() && (args.ops == 0 || stories.iter().all(|s| s.received > 0));
     let summary = rooms
         .iter()
-        .map(|(room, node)| format!("{room} on {node}"))
+        .map(|(room, node, moved)| match moved {
+            Some(to) => format!("{room} on {node} (moved to {to})"),
+            None => format!("{room} on {node}"),
+        })
         .collect::<Vec<_>>()
         .join(", ");
     if complete {
         let received: Vec<String> = stories.iter().map(|s| s.received.to_string()).collect();
         let reconnects: usize = stories.iter().map(|s| s.reconnects).sum();
+        let gaps: usize = stories.iter().map(|s| s.seq_gaps).sum();
         println!(
-            "DEMO OK: {} players matched into {} room(s): {summary}; operations received per player: {}; reconnections: {reconnects}",
+            "DEMO OK: {} players matched into {} room(s): {summary}; operations received per player: {}; reconnections: {reconnects}; seq gaps: {gaps}",
             stories.len(),
             rooms.len(),
             received.join(",")
@@ -250,11 +259,61 @@ async fn play(args: &DemoArgs, name: &str) -> anyhow::Result<Story> {
     };
     let mut sent = 0u64;
     let mut received = 0usize;
+    let mut last_seq = None;
+    let mut seq_gaps = 0;
+    let mut room_node = found.room_node.clone();
+    let mut moved_to = None;
     let mut ticker = tokio::time::interval(Duration::from_millis(args.op_interval_ms.max(10)));
     let quiet_limit = Duration::from_millis(args.op_interval_ms.max(10) * 3 + 5_000);
     let mut last_event = Instant::now();
     while received < expected {
         tokio::select! {
+            // Pushes already here first: the story is told in the order things happened
+            // (a room's move before the operations sent after it).
+            biased;
+            push = player.events.next_push() => {
+                let push = push.context("disconnected during the match")?;
+                last_event = Instant::now();
+                match push.route {
+                    room_routes::PUSH_OP => {
+                        let op = room::RoomOpEvent::decode(push.payload)?;
+                        received += 1;
+                        println!("[{name}] received seq {} from {}: {:?}", op.seq, op.from, String::from_utf8_lossy(&op.payload));
+                        if last_seq.is_some_and(|last: u64| op.seq != last + 1) {
+                            seq_gaps += 1;
+                            println!("[{name}] seq jumped from {} to {}", last_seq.unwrap_or(0), op.seq);
+                        }
+                        last_seq = Some(op.seq);
+                    }
+                    room_routes::PUSH_MEMBER_LEFT => {
+                        let event = room::MemberEvent::decode(push.payload)?;
+                        println!("[{name}] {} left the room ({})", event.user_id, event.reason);
+                    }
+                    room_routes::PUSH_OWNER_CHANGED => {
+                        let event = room::OwnerChanged::decode(push.payload)?;
+                        println!("[{name}] the room's owner is now {}", event.owner);
+                    }
+                    room_routes::PUSH_ROOM_CLOSED => {
+                        println!("[{name}] the room was closed");
+                    }
+                    room_routes::PUSH_ROOM_MIGRATE_START => {
+                        let event = room::RoomMigrateStart::decode(push.payload)?;
+                        println!("[{name}] room {} moving from {}: operations wait for the move", event.room_id, event.from_node);
+                    }
+                    room_routes::PUSH_ROOM_MIGRATE_COMPLETE => {
+                        let event = room::RoomMigrateComplete::decode(push.payload)?;
+                        if event.success {
+                            let seq = last_seq.map_or_else(|| "no operation yet".to_owned(), |s| format!("last seq {s}"));
+                            println!("[{name}] room {} moved from {room_node} to {} (same room id, seq continues; {seq})", event.room_id, event.node_id);
+                            room_node = event.node_id.clone();
+                            moved_to = Some(event.node_id);
+                        } else {
+                            println!("[{name}] room {} move failed; it stays on {room_node}", event.room_id);
+                        }
+                    }
+                    _ => {}
+                }
+            }
             _ = ticker.tick(), if args.ops == 0 || sent < args.ops => {
                 sent += 1;
                 let move_text = format!("{name} move {sent}");
@@ -270,35 +329,6 @@ async fn play(args: &DemoArgs, name: &str) -> anyhow::Result<Story> {
                     Err(error) => println!("[{name}] operation failed: {error:#}"),
                 }
             }
-            push = player.events.next_push() => {
-                let push = push.context("disconnected during the match")?;
-                last_event = Instant::now();
-                match push.route {
-                    room_routes::PUSH_OP => {
-                        let op = room::RoomOpEvent::decode(push.payload)?;
-                        received += 1;
-                        println!("[{name}] received seq {} from {}: {:?}", op.seq, op.from, String::from_utf8_lossy(&op.payload));
-                    }
-                    room_routes::PUSH_MEMBER_LEFT => {
-                        let event = room::MemberEvent::decode(push.payload)?;
-                        println!("[{name}] {} left the room ({})", event.user_id, event.reason);
-                    }
-                    room_routes::PUSH_OWNER_CHANGED => {
-                        let event = room::OwnerChanged::decode(push.payload)?;
-                        println!("[{name}] the room's owner is now {}", event.owner);
-                    }
-                    room_routes::PUSH_ROOM_CLOSED => {
-                        println!("[{name}] the room was closed");
-                    }
-                    ROOM_MIGRATE_START => {
-                        println!("[{name}] the room is moving to another room server");
-                    }
-                    ROOM_MIGRATE_COMPLETE => {
-                        println!("[{name}] the room moved to another room server");
-                    }
-                    _ => {}
-                }
-            }
             _ = tokio::time::sleep(quiet_limit.saturating_sub(last_event.elapsed())) => {
                 println!("[{name}] no more operations arrived");
                 break;
@@ -310,7 +340,9 @@ async fn play(args: &DemoArgs, name: &str) -> anyhow::Result<Story> {
     Ok(Story {
         room_id: found.room_id,
         room_node: found.room_node,
+        moved_to,
         received,
+        seq_gaps,
         reconnects: player.events.reconnects,
     })
 }

@@ -23,7 +23,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Runs the whole system on loopback: a gateway, two room servers, a match server; with
+    /// Runs the whole system on loopback: two gateways, two room servers, a match server; with
     /// `--demo`, also the client-sim demo story.
     Up(up::UpArgs),
     /// The gateway.

@@ -1,7 +1,8 @@
 //! `switchyard up`: the whole system on loopback, each service its own process (this binary,
-//! run with the service's command), on the embedded defaults. Ctrl-C (or SIGTERM) stops them
-//! all gracefully. With `--demo`, the client-sim demo runs once the system is up, and `up`
-//! exits with the demo's result.
+//! run with the service's command), on the embedded defaults: two gateways (the second on
+//! the defaults' ports + 10, seeded by the first), two room servers, a match server. Ctrl-C
+//! (or SIGTERM) stops them all gracefully. With `--demo`, the client-sim demo runs once the
+//! system is up, its players given both gateways, and `up` exits with the demo's result.
 
 use std::process::Stdio;
 
@@ -37,7 +38,32 @@ fn service(name: &str, args: &[&str]) -> anyhow::Result<Child> {
 pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     let preload = args.preload_rooms.to_string();
     let mut children = vec![
-        ("gateway", service("gateway", &["--node-id", "gateway"])?),
+        (
+            "gateway-1",
+            service("gateway", &["--node-id", "gateway-1"])?,
+        ),
+        (
+            "gateway-2",
+            service(
+                "gateway",
+                &[
+                    "--node-id",
+                    "gateway-2",
+                    "--seeds",
+                    "127.0.0.1:7946",
+                    "--ws-listen",
+                    "127.0.0.1:7010",
+                    "--tcp-listen",
+                    "127.0.0.1:7011",
+                    "--grpc-listen",
+                    "127.0.0.1:7110",
+                    "--gossip-listen",
+                    "127.0.0.1:7956",
+                    "--admin-listen",
+                    "127.0.0.1:9110",
+                ],
+            )?,
+        ),
         (
             "logic-room-1",
             service(
@@ -54,14 +80,20 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
             service("logic-match", &["--node-id", "logic-match"])?,
         ),
     ];
-    println!("switchyard is up: clients connect to ws://127.0.0.1:7000/ws or tcp://127.0.0.1:7001");
-    println!("admin: http://127.0.0.1:9100/cluster/nodes, /metrics, /readyz (gateway)");
+    println!(
+        "switchyard is up: clients connect to gateway-1 (ws://127.0.0.1:7000/ws, tcp://127.0.0.1:7001) or gateway-2 (ws://127.0.0.1:7010/ws, tcp://127.0.0.1:7011)"
+    );
+    println!(
+        "admin: http://127.0.0.1:9100/cluster/nodes, /metrics, /readyz (gateway-1; gateway-2: port 9110)"
+    );
     let result = if args.demo {
         let users = args.demo_users.to_string();
         let mut demo = service(
             "client-sim",
             &[
                 "demo",
+                "--gateway",
+                "ws://127.0.0.1:7000/ws,ws://127.0.0.1:7010/ws",
                 "--users",
                 &users,
                 "--ops",
