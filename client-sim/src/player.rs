@@ -14,17 +14,15 @@ use proto::{
     room::v1::{self as room, routes as room_routes},
 };
 
-/// Parses `ws://host:port/ws` or `tcp://host:port` (or a bare `host:port`, as TCP).
+/// Parses `ws://host:port/ws` or `tcp://host:port` (or a bare `host:port`, as TCP); host
+/// names are resolved when connecting.
 pub(crate) fn address(text: &str) -> anyhow::Result<Address> {
-    if text.starts_with("ws://") || text.starts_with("wss://") {
-        return Ok(Address::WebSocket(text.to_owned()));
-    }
-    let hostport = text.strip_prefix("tcp://").unwrap_or(text);
-    let addr = std::net::ToSocketAddrs::to_socket_addrs(hostport)
-        .with_context(|| format!("cannot resolve {hostport}"))?
-        .next()
-        .with_context(|| format!("no address for {hostport}"))?;
-    Ok(Address::Tcp(addr))
+    let full = if text.contains("://") {
+        text.to_owned()
+    } else {
+        format!("tcp://{text}")
+    };
+    Address::parse(&full).with_context(|| format!("not a gateway address: {text}"))
 }
 
 /// What a player sends its requests through.

@@ -488,7 +488,7 @@ async fn watch_connection(
 /// The addresses a `MIGRATE_TO` names, those of `current`'s transport first.
 fn same_kind_first(addresses: &[String], current: &Address) -> Vec<Address> {
     let parsed: Vec<Address> = addresses.iter().filter_map(|a| Address::parse(a)).collect();
-    let same = |a: &Address| std::mem::discriminant(a) == std::mem::discriminant(current);
+    let same = |a: &Address| a.is_tcp() == current.is_tcp();
     let (mut first, others): (Vec<_>, Vec<_>) = parsed.into_iter().partition(same);
     first.extend(others);
     first
@@ -600,7 +600,18 @@ mod tests {
             &announced,
             &["ws://b:7000/ws", "tcp://10.0.0.2:7001"],
         );
-        // Unreadable addresses are skipped.
-        check("ws://a:7000/ws", &["http://b", "tcp://b:7001"], &[]);
+        // Host names count as their transport (`--public-host`); unreadable addresses are
+        // skipped.
+        check(
+            "tcp://10.0.0.1:7001",
+            &["ws://b:7000/ws", "tcp://b:7001"],
+            &["tcp://b:7001", "ws://b:7000/ws"],
+        );
+        check(
+            "tcp://a:7001",
+            &["ws://b:7000/ws", "tcp://10.0.0.2:7001"],
+            &["tcp://10.0.0.2:7001", "ws://b:7000/ws"],
+        );
+        check("ws://a:7000/ws", &["http://b", "tcp://b"], &[]);
     }
 }
