@@ -179,10 +179,7 @@ impl Swarm {
         prefix: &str,
     ) -> anyhow::Result<Self> {
         let processes = sessions.div_ceil(per_process.max(1)).max(1);
-        let address = match address {
-            Address::Tcp(addr) => format!("tcp://{addr}"),
-            Address::WebSocket(url) => url.clone(),
-        };
+        let address = address.to_string();
         let mut generators = Vec::with_capacity(processes);
         for g in 0..processes {
             let count = sessions / processes + usize::from(g < sessions % processes);
