@@ -35,6 +35,9 @@ pub struct ClientConfig {
     /// Source address to connect from (e.g. one of several `127.0.0.x` when one address runs
     /// out of ephemeral ports); `None` lets the system choose.
     pub local_ip: Option<std::net::IpAddr>,
+    /// This client was redirected to the gateway it connects to: its requests say so, and the
+    /// gateway serves it (or answers `GATEWAY_FULL`) instead of redirecting it again.
+    pub redirected: bool,
 }
 
 impl Default for ClientConfig {
@@ -45,6 +48,7 @@ impl Default for ClientConfig {
             heartbeat: Some(Duration::from_secs(10)),
             event_buffer: 1024,
             local_ip: None,
+            redirected: false,
         }
     }
 }
@@ -86,6 +90,10 @@ pub struct Response {
     pub session: Option<SessionInfo>,
     /// The answer to a resume.
     pub resumed: Option<Resumed>,
+    /// A redirect (status `REDIRECTED`): another gateway serves this client; connect to one
+    /// of these addresses with [`ClientConfig::redirected`] set and send the request there
+    /// (nothing was applied here). [`crate::Session::login`] does it.
+    pub redirect: Vec<String>,
 }
 
 /// What a client keeps to resume its session after its connection drops
@@ -336,8 +344,9 @@ impl Client {
         route: u32,
         payload: impl Into<Bytes>,
     ) -> Result<Response, ClientError> {
-        let frame = envelope::encode(&envelope::request(msg_id, route, payload.into()));
-        self.exchange(msg_id, frame).await
+        let mut request = envelope::request(msg_id, route, payload.into());
+        request.redirected = self.config.redirected;
+        self.exchange(msg_id, envelope::encode(&request)).await
     }
 
     /// Sends `frame` (carrying `msg_id`) and waits for the response with that id.
@@ -449,6 +458,27 @@ async fn read_loop(
                     payload: envelope.payload,
                     session: envelope.session,
                     resumed: envelope.resumed,
+                    redirect: Vec::new(),
+                };
+                match waiter {
+                    Some(waiter) => {
+                        let _ = waiter.send(response);
+                        continue;
+                    }
+                    None => Event::Unsolicited(response),
+                }
+            }
+            Ok(Kind::Redirect) => {
+                let waiter = lock(&pending).remove(&envelope.msg_id);
+                let redirect = envelope.redirect.unwrap_or_default();
+                let response = Response {
+                    route: envelope.route,
+                    status: envelope.status,
+                    error: "redirected to another gateway".to_owned(),
+                    payload: Bytes::new(),
+                    session: None,
+                    resumed: None,
+                    redirect: redirect.addresses,
                 };
                 match waiter {
                     Some(waiter) => {

@@ -99,7 +99,7 @@ pub enum SessionEvent {
         reason: String,
     },
     /// A response matching no request in flight (see [`Event::Unsolicited`]).
-    Unsolicited(Response),
+    Unsolicited(Box<Response>),
     /// The connection ended. With `reconnect: true` the session is resuming on a new
     /// connection ([`SessionEvent::Connected`] with `reconnect: true` follows, or this event
     /// again with `reconnect: false`). With `reconnect: false` the session is over: this is
@@ -187,38 +187,93 @@ impl Session {
         config: SessionConfig,
     ) -> Result<(Session, SessionEvents), ClientError> {
         let addresses: Vec<Address> = addresses.into_iter().collect();
-        let mut failure = ClientError::Connect {
-            address: String::new(),
-            reason: "no gateway address given".to_owned(),
-        };
+        let mut failure = no_address();
         for address in &addresses {
             match Client::connect_with(address.clone(), config.client.clone()).await {
                 Ok((client, events)) => {
-                    let (tx, rx) = mpsc::channel(config.client.event_buffer.max(1));
-                    let _ = tx.try_send(SessionEvent::Connected {
-                        address: address.clone(),
-                        reconnect: false,
-                        resumed: false,
-                    });
-                    let shared = Arc::new(Shared {
-                        config,
-                        addresses: addresses.clone(),
-                        link: watch::Sender::new(Link::Up(client.clone())),
-                        closing: AtomicBool::new(false),
-                    });
-                    tokio::spawn(supervise(
-                        shared.clone(),
-                        client,
-                        events,
-                        address.clone(),
-                        tx,
-                    ));
-                    return Ok((Session { shared }, SessionEvents(rx)));
+                    return Ok(Session::start(config, &addresses, client, events, address));
                 }
                 Err(error) => failure = error,
             }
         }
         Err(failure)
+    }
+
+    /// Connects to the first of `addresses` that accepts and logs in there (`route`,
+    /// `payload`); returns the login's answer with the session. A gateway that redirects the
+    /// client (it is full, or much busier than another) is followed once: the client connects
+    /// where it was sent, says it was redirected, and logs in there, where it is served or
+    /// answered `GATEWAY_FULL`, never sent on. The first event names the gateway that serves
+    /// it.
+    pub async fn login(
+        addresses: impl IntoIterator<Item = Address>,
+        config: SessionConfig,
+        route: u32,
+        payload: impl Into<Bytes>,
+    ) -> Result<(Session, SessionEvents, Response), ClientError> {
+        let addresses: Vec<Address> = addresses.into_iter().collect();
+        let payload: Bytes = payload.into();
+        let mut failure = no_address();
+        for address in &addresses {
+            let (client, events) =
+                match Client::connect_with(address.clone(), config.client.clone()).await {
+                    Ok(connected) => connected,
+                    Err(error) => {
+                        failure = error;
+                        continue;
+                    }
+                };
+            let answer = client.request(route, payload.clone()).await?;
+            if answer.redirect.is_empty() {
+                let (session, events) = Session::start(config, &addresses, client, events, address);
+                return Ok((session, events, answer));
+            }
+            info!(from = %address, to = ?answer.redirect, "redirected to another gateway");
+            let mut redirected = config.client.clone();
+            redirected.redirected = true;
+            for target in same_kind_first(&answer.redirect, address) {
+                match Client::connect_with(target.clone(), redirected.clone()).await {
+                    Ok((client, events)) => {
+                        let answer = client.request(route, payload.clone()).await?;
+                        let (session, events) =
+                            Session::start(config, &addresses, client, events, &target);
+                        return Ok((session, events, answer));
+                    }
+                    Err(error) => failure = error,
+                }
+            }
+        }
+        Err(failure)
+    }
+
+    /// A session on `client`, whose first event is `Connected` to `address`.
+    fn start(
+        config: SessionConfig,
+        addresses: &[Address],
+        client: Client,
+        events: Events,
+        address: &Address,
+    ) -> (Session, SessionEvents) {
+        let (tx, rx) = mpsc::channel(config.client.event_buffer.max(1));
+        let _ = tx.try_send(SessionEvent::Connected {
+            address: address.clone(),
+            reconnect: false,
+            resumed: false,
+        });
+        let shared = Arc::new(Shared {
+            config,
+            addresses: addresses.to_vec(),
+            link: watch::Sender::new(Link::Up(client.clone())),
+            closing: AtomicBool::new(false),
+        });
+        tokio::spawn(supervise(
+            shared.clone(),
+            client,
+            events,
+            address.clone(),
+            tx,
+        ));
+        (Session { shared }, SessionEvents(rx))
     }
 
     /// Sends a request on the current connection (waiting for one while the session is
@@ -332,6 +387,13 @@ enum End {
     },
     /// The connection was lost; the session is held for a resume.
     Dropped(String),
+}
+
+fn no_address() -> ClientError {
+    ClientError::Connect {
+        address: String::new(),
+        reason: "no gateway address given".to_owned(),
+    }
 }
 
 /// Runs the session: watches each connection until it ends, then reconnects and resumes, or
@@ -462,7 +524,7 @@ async fn watch_connection(
                 kicked = Some((code, reason));
                 continue;
             }
-            Some(Event::Unsolicited(response)) => SessionEvent::Unsolicited(response),
+            Some(Event::Unsolicited(response)) => SessionEvent::Unsolicited(Box::new(response)),
         };
         tx.send(handed).await.ok()?;
     };

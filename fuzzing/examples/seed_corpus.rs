@@ -172,11 +172,16 @@ fn envelopes() -> Vec<(&'static str, Envelope)> {
         ("kick", wire::envelope::kick(15, "logged in elsewhere")),
         ("offline", wire::envelope::offline(10_000)),
         (
+            "redirect",
+            wire::envelope::redirect(3, 65537, vec!["tcp://127.0.0.1:7011".into()]),
+        ),
+        (
             "reserved",
             Envelope {
                 kind: Kind::Resume as i32,
                 redirect: Some(Redirect {
                     address: "ws://127.0.0.1:7000/ws".into(),
+                    addresses: vec!["ws://127.0.0.1:7000/ws".into()],
                 }),
                 resume: Some(Resume {
                     token: "t".into(),

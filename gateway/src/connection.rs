@@ -59,11 +59,13 @@ pub(crate) async fn serve(
         ::metrics::counter!(crate::metrics::CONNECTIONS, "transport" => transport, "outcome" => "draining").increment(1);
         return;
     }
+    // A full gateway still takes connections, to redirect them on their first request; with
+    // this many more it refuses them outright.
     let max = gateway.limits.max_sessions;
-    if max > 0 && gateway.sessions.len() as u64 >= max {
+    if max > 0 && gateway.sessions.len() as u64 >= max + max / 4 + 64 {
         refuse(
             &mut sink,
-            ErrorCode::ServerDraining,
+            ErrorCode::GatewayFull,
             "this gateway is full; connect to another",
         )
         .await;
@@ -124,6 +126,8 @@ async fn read_loop(
 ) -> Arc<Session> {
     let idle = gateway.limits.idle_timeout;
     let mut deadline = Instant::now() + idle;
+    // The first request decides where the client is served (`placement`).
+    let mut placed = false;
     loop {
         let frame = tokio::select! {
             _ = conn.stop.cancelled() => return session,
@@ -185,8 +189,17 @@ async fn read_loop(
                 bad_frame("reserved_msg_id");
                 refusal(conn, 0, request.route, Refusal::ReservedMessageId);
             }
+            Ok(Kind::Request) if !placed => {
+                placed = true;
+                if !gateway.place_first_request(conn, &request) {
+                    return session;
+                }
+                dispatch(gateway, conn, &session, request).await;
+            }
             Ok(Kind::Request) => dispatch(gateway, conn, &session, request).await,
             Ok(Kind::Resume) => {
+                // A session coming back is served where it asks (its place is taken already).
+                placed = true;
                 if let Some(resumed) = gateway.resume(conn, &session, request).await {
                     session = resumed;
                 }

@@ -34,6 +34,8 @@ pub(crate) struct Limits {
     pub(crate) conn: ConnLimits,
     pub(crate) fallback_routes: HashSet<u32>,
     pub(crate) max_sessions: u64,
+    /// See `Config::redirect_margin`.
+    pub(crate) redirect_margin: f64,
     /// Kernel send buffer of each client socket (bytes).
     pub(crate) socket_send_buffer: usize,
 }

@@ -30,6 +30,7 @@ mod link;
 pub mod metrics;
 mod moving;
 mod outbox;
+mod placement;
 mod refusal;
 mod request;
 mod router;
@@ -140,9 +141,15 @@ pub struct Config {
     #[arg(long, env = "SWITCHYARD_FALLBACK_ROUTES", value_delimiter = ',', value_parser = parse_route)]
     pub fallback_routes: Vec<u32>,
 
-    /// Sessions this gateway accepts (0 = unlimited); published as its capacity.
+    /// Sessions this gateway accepts (0 = unlimited); published as its capacity. A new client
+    /// beyond it is redirected to a gateway with room (or refused with GATEWAY_FULL).
     #[arg(long, env = "SWITCHYARD_MAX_SESSIONS", default_value_t = 0)]
     pub max_sessions: u64,
+
+    /// A new client is redirected to another gateway whose load ratio (sessions / capacity)
+    /// is lower than this gateway's by more than this (0 = only when full).
+    #[arg(long, env = "SWITCHYARD_REDIRECT_MARGIN", default_value_t = 0.25)]
+    pub redirect_margin: f64,
 
     /// How long a session whose connection dropped without a goodbye is held for a resume,
     /// in ms (its bindings and rooms kept; rooms and queues are told when it passes).
@@ -377,5 +384,6 @@ fn limits(config: &Config) -> Limits {
             .copied()
             .collect::<HashSet<u32>>(),
         max_sessions: config.max_sessions,
+        redirect_margin: config.redirect_margin.max(0.0),
     }
 }

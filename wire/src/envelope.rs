@@ -99,6 +99,21 @@ pub fn resume(msg_id: u32, token: &str, last_seq: u64, user_id: &str) -> Envelop
     }
 }
 
+/// The answer to a connection's first request (`msg_id`): connect to one of `addresses`.
+pub fn redirect(msg_id: u32, route: u32, addresses: Vec<String>) -> Envelope {
+    Envelope {
+        kind: Kind::Redirect as i32,
+        msg_id,
+        route,
+        status: ErrorCode::Redirected as u32,
+        redirect: Some(proto::client::v1::Redirect {
+            address: addresses.first().cloned().unwrap_or_default(),
+            addresses,
+        }),
+        ..Envelope::default()
+    }
+}
+
 /// A goodbye: the session ends now.
 pub fn goodbye() -> Envelope {
     Envelope {
@@ -142,6 +157,8 @@ pub fn code_name(status: u32) -> &'static str {
             ErrorCode::TokenWrongCluster => "token_wrong_cluster",
             ErrorCode::SessionGone => "session_gone",
             ErrorCode::MigrationUnavailable => "migration_unavailable",
+            ErrorCode::GatewayFull => "gateway_full",
+            ErrorCode::Redirected => "redirected",
         },
         Err(_) => "app",
     }
