@@ -596,7 +596,11 @@ async fn measure(flavor: RuntimeFlavor, sessions: usize, args: &DrainArgs) -> an
     })
 }
 /// Waits until `admin`'s node sees the named nodes online and `members` members in all.
-async fn wait_for_online(admin: SocketAddr, ids: &[&str], members: usize) -> anyhow::Result<()> {
+pub(crate) async fn wait_for_online(
+    admin: SocketAddr,
+    ids: &[&str],
+    members: usize,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let (_, body) =

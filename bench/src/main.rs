@@ -14,6 +14,7 @@
 //! - `child`: server processes the harness starts (this binary, hidden subcommands).
 //! - `stats`: histograms and spreads.
 
+mod affinity;
 mod child;
 mod churn;
 mod drain;
@@ -93,6 +94,9 @@ enum Scenario {
     /// S8: a gateway drained while its clients play in rooms: time until it holds nothing,
     /// per-client blackout, pushes lost and doubled.
     S8Drain(drain::DrainArgs),
+    /// Room affinity: members spread over two gateways, moved (or not) to the gateway holding
+    /// most of their room; deliveries per server core-second, off against on.
+    Affinity(affinity::AffinityArgs),
     /// (internal) a gateway.
     #[command(hide = true)]
     ServeGateway(stack::GatewayArgs),
@@ -101,7 +105,7 @@ enum Scenario {
     ServeEchoLogic(stack::SeedArgs),
     /// (internal) a room server.
     #[command(hide = true)]
-    ServeRoom(stack::SeedArgs),
+    ServeRoom(stack::RoomArgs),
     /// (internal) a match server.
     #[command(hide = true)]
     ServeMatch(stack::SeedArgs),
@@ -140,6 +144,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::S7Churn(args) => churn::run(args).await,
             Scenario::Mesh(args) => mesh_rr::run(args).await,
             Scenario::S8Drain(args) => drain::run(args).await,
+            Scenario::Affinity(args) => affinity::run(args).await,
             Scenario::ServeGateway(args) => stack::serve_gateway(args).await,
             Scenario::ServeEchoLogic(args) => stack::serve_echo_logic(args).await,
             Scenario::ServeRoom(args) => stack::serve_room(args).await,

@@ -380,6 +380,16 @@ pub(crate) struct SeedArgs {
     seed: String,
 }
 
+/// Options of `serve-room`.
+#[derive(Args, Debug)]
+pub(crate) struct RoomArgs {
+    #[command(flatten)]
+    seed: SeedArgs,
+    /// The room server's `--affinity-max-per-gateway` (its default when absent).
+    #[arg(long)]
+    affinity: Option<usize>,
+}
+
 /// `serve-echo-logic`: a login server that also echoes route 2:1.
 #[allow(clippy::print_stdout)] // the READY line is the protocol with the parent
 pub(crate) async fn serve_echo_logic(args: SeedArgs) -> anyhow::Result<()> {
@@ -401,10 +411,13 @@ pub(crate) async fn serve_echo_logic(args: SeedArgs) -> anyhow::Result<()> {
 
 /// `serve-room`: a room server (logic-room) joining through `seed`.
 #[allow(clippy::print_stdout)] // the READY line is the protocol with the parent
-pub(crate) async fn serve_room(args: SeedArgs) -> anyhow::Result<()> {
+pub(crate) async fn serve_room(args: RoomArgs) -> anyhow::Result<()> {
     let mut config = logic_room::Config::defaults();
-    config.node.seeds = vec![args.seed];
+    config.node.seeds = vec![args.seed.seed];
     config.max_members = 1000;
+    if let Some(affinity) = args.affinity {
+        config.affinity_max_per_gateway = affinity;
+    }
     let server = logic_room::start(config, runtime::Listeners::loopback().await?).await?;
     println!("READY node_id={}", server.running.sdk.node_id());
     server.run(tokio_util::sync::CancellationToken::new()).await;

@@ -43,6 +43,7 @@ pub const DRAIN_OUTCOMES: &str = "switchyard_gateway_drain_outcomes_total";
 /// did not take them), `dropped` (the queue toward it was full), `unclaimed` (taken here for
 /// a user not here) (counter).
 pub const FORWARDS: &str = "switchyard_gateway_forwards_total";
-/// New clients placed elsewhere, by outcome: `redirected` (with `reason` `full` or `load`) or
-/// `full` (refused with GATEWAY_FULL: no gateway had room) (counter).
+/// New clients placed elsewhere, by outcome: `redirected` (with `reason` `full` or `load`),
+/// `full` (refused with GATEWAY_FULL: no gateway had room), or `affinity_moved` (a session
+/// moved to the gateway holding most of its room) (counter).
 pub const PLACEMENTS: &str = "switchyard_gateway_placements_total";

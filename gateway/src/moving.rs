@@ -473,10 +473,21 @@ impl Gateway {
         conn: &Arc<Conn>,
         session: &Arc<Session>,
     ) -> Result<(), MoveError> {
+        let to = self.move_target().ok_or(MoveError::NoGateway)?;
+        self.migrate_to(conn, session, &to).await
+    }
+
+    /// Moves the session `conn` carries to gateway `to` (see [`Gateway::migrate`]).
+    async fn migrate_to(
+        self: &Arc<Self>,
+        conn: &Arc<Conn>,
+        session: &Arc<Session>,
+        to: &NodeId,
+    ) -> Result<(), MoveError> {
         if session.user().is_none() {
             return Err(MoveError::NotHere);
         }
-        let to = self.move_target().ok_or(MoveError::NoGateway)?;
+        let to = to.clone();
         conn.requests_done().await;
         let (adopted, _) = self.hand_over(session, &to).await?;
         let migrate_to = Envelope {
@@ -493,6 +504,41 @@ impl Gateway {
             &migrate_to,
         );
         Ok(())
+    }
+
+    /// A logic server asked to move the session to gateway `to` (affinity: most of the user's
+    /// room is there). Done after the answer, as a drain moves a client: the connection stops
+    /// taking requests, those received are answered, then `MIGRATE_TO`. Skipped for this
+    /// gateway, one not online or full, or a session not carried by this connection; a failed
+    /// hand-over drops the connection (the session is held here and resumed).
+    pub(crate) fn move_for_affinity(
+        self: &Arc<Self>,
+        conn: &Arc<Conn>,
+        session: &Arc<Session>,
+        to: NodeId,
+    ) {
+        let members = self.mesh.cluster().members();
+        let room = members
+            .get(&to)
+            .filter(|n| n.is_online())
+            .is_some_and(|n| n.load.capacity == 0 || n.load.sessions < n.load.capacity);
+        if to == self.node_id || !room || !session.carried_by(conn) || conn.is_ending() {
+            debug!(session = session.id, %to, "affinity move skipped");
+            return;
+        }
+        conn.quiesce.cancel();
+        let (gateway, conn, session) = (self.clone(), conn.clone(), session.clone());
+        self.tracker.spawn(async move {
+            match gateway.migrate_to(&conn, &session, &to).await {
+                Ok(()) => {
+                    ::metrics::counter!(crate::metrics::PLACEMENTS, "outcome" => "affinity_moved").increment(1);
+                }
+                Err(error) => {
+                    info!(session = session.id, %to, %error, "affinity move failed; the client resumes here");
+                    conn.close_as(Ending::Dropped, "the session could not move");
+                }
+            }
+        });
     }
 
     /// Answers a client's MIGRATE: the answer, then `MIGRATE_TO` and the close; or

@@ -143,8 +143,15 @@ impl Gateway {
             if reply.status == 0 && !reply.login_user_id.is_empty() {
                 warn!(session = pending.session.id, %node, "ignoring a login from a route that is not public");
             }
+            let move_to = (reply.status == 0 && !reply.move_to_gateway.is_empty())
+                .then(|| NodeId::new(reply.move_to_gateway.as_str()));
+            let (conn, session) = (pending.conn.clone(), pending.session.clone());
             let answer = self.answer(&pending, &node, reply);
+            let answered = answer.is_ok();
             self.respond_pending(pending, answer);
+            if let Some(to) = move_to.filter(|_| answered) {
+                self.move_for_affinity(&conn, &session, to);
+            }
         }
     }
 

@@ -59,6 +59,12 @@ pub struct Config {
     #[arg(long, env = "SWITCHYARD_MAX_ROOMS", default_value_t = 0)]
     pub max_rooms: u64,
 
+    /// Affinity: a member joining a room is moved (through the resume path: no new login,
+    /// nothing lost) to the gateway holding most of the room's members, while that gateway
+    /// holds fewer than this many of them (0 = off).
+    #[arg(long, env = "SWITCHYARD_ROOM_AFFINITY", default_value_t = 64)]
+    pub affinity_max_per_gateway: usize,
+
     /// Persistent empty rooms to create at start (lobbies; also handy in demos and tests).
     #[arg(long, env = "SWITCHYARD_PRELOAD_ROOMS", default_value_t = 0)]
     pub preload_rooms: u32,
@@ -83,6 +89,7 @@ impl Config {
             empty_ttl: Duration::from_millis(self.empty_room_ttl_ms),
             default_max_members: self.max_members,
             max_rooms: self.max_rooms,
+            affinity: self.affinity_max_per_gateway,
             limits: Limits {
                 max_op_bytes: self.max_op_bytes,
             },

@@ -172,6 +172,7 @@ pub(crate) async fn move_room(
         payload: info.encode_to_vec().into(),
         host,
         last_room_there: false,
+        move_to: None,
     })
 }
 

@@ -73,6 +73,8 @@ pub(crate) struct Broadcast {
 pub(crate) struct Outcome {
     pub(crate) broadcasts: Vec<Broadcast>,
     pub(crate) joined: Option<String>,
+    /// A join: the gateway the new member should move to (affinity).
+    pub(crate) move_to: Option<NodeId>,
     pub(crate) left: Option<String>,
     /// Set when the room closed: the members it had.
     pub(crate) closed: Option<Vec<String>>,
@@ -92,6 +94,9 @@ pub(crate) struct Room {
     limits: Limits,
     /// Kept when empty (preloaded rooms).
     pub(crate) persistent: bool,
+    /// Affinity: a joining member is asked to move to the gateway holding most members, while
+    /// that gateway holds fewer than this many of them (0: off).
+    pub(crate) affinity: usize,
 }
 
 impl Room {
@@ -112,6 +117,7 @@ impl Room {
             op_seq: 0,
             limits,
             persistent: false,
+            affinity: 0,
         }
     }
 
@@ -166,6 +172,7 @@ impl Room {
             return Err(LogicError::new(errors::ROOM_FULL, "the room is full"));
         }
         let user = member.user.clone();
+        outcome.move_to = self.affinity_for(&member);
         self.members.push(member);
         if self.owner.is_none() {
             self.owner = Some(user.clone());
@@ -272,6 +279,26 @@ impl Room {
         });
     }
 
+    /// The gateway a joining member should move to: the one holding most members (node id
+    /// breaks ties) while it holds fewer than the affinity limit, when that is not the
+    /// member's own gateway and holds more members than it.
+    fn affinity_for(&self, joining: &Member) -> Option<NodeId> {
+        let own = joining.gateway.as_ref()?;
+        if self.affinity == 0 {
+            return None;
+        }
+        let mut counts: BTreeMap<&NodeId, usize> = BTreeMap::new();
+        for gateway in self.members.iter().filter_map(|m| m.gateway.as_ref()) {
+            *counts.entry(gateway).or_default() += 1;
+        }
+        let here = counts.get(own).copied().unwrap_or(0);
+        let (best, most) = counts
+            .into_iter()
+            .filter(|(_, count)| *count < self.affinity)
+            .max_by(|(a_id, a), (b_id, b)| a.cmp(b).then(b_id.cmp(a_id)))?;
+        (best != own && most > here).then(|| best.clone())
+    }
+
     /// Only the owner may move the room.
     pub(crate) fn may_migrate(&self, user: &str) -> Result<(), LogicError> {
         if self.owner.as_deref() == Some(user) {
@@ -360,6 +387,7 @@ impl Room {
             op_seq: snapshot.op_seq,
             limits,
             persistent: snapshot.persistent,
+            affinity: 0,
         })
     }
 

@@ -51,6 +51,8 @@ pub(crate) struct Applied {
     pub(crate) host: NodeId,
     /// The member is in no other room of that host (after a leave: unbind from it).
     pub(crate) last_room_there: bool,
+    /// A join: the gateway the member should move to (affinity).
+    pub(crate) move_to: Option<NodeId>,
 }
 
 /// What a room's actor is asked.
@@ -99,6 +101,8 @@ pub(crate) struct Settings {
     pub(crate) default_max_members: usize,
     /// Rooms hosted at most (0: unlimited).
     pub(crate) max_rooms: u64,
+    /// See `Room::affinity`.
+    pub(crate) affinity: usize,
     pub(crate) limits: Limits,
 }
 
@@ -179,6 +183,7 @@ impl Rooms {
             self.settings.limits,
         );
         room.persistent = persistent;
+        room.affinity = self.settings.affinity;
         sdk.spawn(run_room(room, rx, self.clone(), sdk.clone(), None));
         self.publish_load(sdk);
         info!(room = %id, persistent, "room created");
@@ -206,7 +211,8 @@ impl Rooms {
     ) -> Result<pb::RoomInfo, LogicError> {
         let move_id = snapshot.move_id;
         let from = snapshot.from_node.clone();
-        let room = Room::restore(snapshot, self.node.clone(), self.settings.limits)?;
+        let mut room = Room::restore(snapshot, self.node.clone(), self.settings.limits)?;
+        room.affinity = self.settings.affinity;
         let (tx, rx) = mpsc::channel(ROOM_QUEUE);
         {
             let mut index = self.lock();
@@ -633,6 +639,8 @@ async fn forward(sdk: &Sdk, host: &NodeId, wire: &pb::RoomCommand) -> Result<App
                 payload: routed.payload,
                 host: NodeId::new(routed.host),
                 last_room_there: routed.last_room_there,
+                move_to: (!routed.move_to_gateway.is_empty())
+                    .then(|| NodeId::new(routed.move_to_gateway)),
             })
         }
         Err(MeshError::Handler { code, .. }) if code == errors::ROOM_NOT_FOUND => {
@@ -909,10 +917,12 @@ fn serve(room: &mut Room, command: Command, reply: ReplyTx, rooms: &Arc<Rooms>, 
         // A full gateway queue drops the push; the SDK logs and counts it.
         sdk.push_ordered(broadcast.to, broadcast.route, broadcast.payload);
     }
+    let move_to = outcome.move_to;
     let _ = reply.send(result.map(|payload| Applied {
         payload,
         host: rooms.node.clone(),
         last_room_there,
+        move_to,
     }));
     if let Some(members) = outcome.closed {
         for user in &members {

@@ -48,8 +48,14 @@ async fn create(
 async fn join(rooms: Arc<Rooms>, ctx: Context, request: pb::JoinRoom) -> Result<Reply, LogicError> {
     let join = Command::Join(member(ctx.user()?, &ctx.gateway));
     let applied = rooms.route(ctx.sdk(), &request.room_id, join, 0).await?;
-    Ok(with_will(Reply::new(applied.payload), &request.room_id)
-        .bind_me(BindMode::Append, vec![applied.host]))
+    let reply = with_will(Reply::new(applied.payload), &request.room_id)
+        .bind_me(BindMode::Append, vec![applied.host]);
+    // Most of the room is on another gateway: the member moves there (fewer gateways per
+    // broadcast).
+    Ok(match applied.move_to {
+        Some(gateway) => reply.move_to_gateway(gateway),
+        None => reply,
+    })
 }
 
 /// A member's will for `room_id` (see [`migrate::room_will`]).
@@ -196,6 +202,7 @@ async fn room_command(
         payload: applied.payload,
         host: applied.host.to_string(),
         last_room_there: applied.last_room_there,
+        move_to_gateway: applied.move_to.map(|g| g.to_string()).unwrap_or_default(),
     })
 }
 

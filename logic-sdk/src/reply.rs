@@ -41,6 +41,7 @@ pub struct Reply {
     watch_session: bool,
     wills: Vec<pb::Will>,
     revoke_wills: Vec<String>,
+    move_to_gateway: Option<NodeId>,
 }
 
 impl Reply {
@@ -102,6 +103,14 @@ impl Reply {
         self
     }
 
+    /// After this answer, moves the user's session to `gateway` (affinity: most of the user's
+    /// room is there), as a drain moves it: the client is told `MIGRATE_TO` and resumes there.
+    /// The gateway ignores it for itself, or for a gateway that is not online or is full.
+    pub fn move_to_gateway(mut self, gateway: NodeId) -> Self {
+        self.move_to_gateway = Some(gateway);
+        self
+    }
+
     pub(crate) fn into_proto(self) -> pb::LogicResponse {
         pb::LogicResponse {
             status: 0,
@@ -116,6 +125,10 @@ impl Reply {
             watch_session: self.watch_session,
             wills: self.wills,
             revoke_wills: self.revoke_wills,
+            move_to_gateway: self
+                .move_to_gateway
+                .map(|g| g.to_string())
+                .unwrap_or_default(),
         }
     }
 }

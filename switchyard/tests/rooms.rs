@@ -636,3 +636,85 @@ async fn a_cancelled_room_server_drain_keeps_its_rooms() {
     let (_, body) = drain("GET", "/admin/drain");
     assert!(body.contains("\"online\""), "{body}");
 }
+
+/// Affinity: a member joining a room whose members are on another gateway is moved there
+/// (through the resume path: no new login, no push lost), so a broadcast crosses one gateway;
+/// with affinity off (`--affinity-max-per-gateway 0`) it stays where it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_joining_a_room_moves_to_the_gateway_holding_most_of_it() {
+    for affinity in ["64", "0"] {
+        let mut sandbox = Sandbox::new();
+        let a = sandbox.gateway("gw-a");
+        let b = sandbox.gateway("gw-b");
+        let flags = ["--affinity-max-per-gateway", affinity];
+        let _rooms = sandbox.start("logic-room", "r1", &flags);
+        let _matcher = sandbox.start("logic-match", "match", &[]);
+        wait_for_members(&a, &["gw-a", "gw-b", "r1", "match"]).await;
+        wait_for_members(&b, &["gw-a", "gw-b", "r1", "match"]).await;
+        let ann = Player::login(client_address(&a, false), "ann").await;
+        let bob = Player::login(client_address(&a, true), "bob").await;
+        let room_id = ann.create_room().await.room_id;
+        bob.join_room(&room_id).await;
+
+        let (dan, mut events) = client::Session::connect(
+            [client_address(&b, false)],
+            client::SessionConfig::default(),
+        )
+        .await
+        .expect("connects");
+        let login = mm::Login {
+            user_id: "dan".into(),
+            token: String::new(),
+        };
+        let answer = dan
+            .request(match_routes::LOGIN, login.encode_to_vec())
+            .await
+            .expect("answered");
+        assert!(answer.is_ok(), "{answer:?}");
+        let join = room::JoinRoom {
+            room_id: room_id.clone(),
+        };
+        let joined = dan
+            .request(room_routes::JOIN, join.encode_to_vec())
+            .await
+            .expect("answered");
+        assert!(joined.is_ok(), "{joined:?}");
+
+        let moved = tokio::time::timeout(Duration::from_secs(3), async {
+            loop {
+                match events.next().await {
+                    Some(client::SessionEvent::Connected {
+                        reconnect: true,
+                        address,
+                        resumed,
+                    }) => return (address, resumed),
+                    Some(_) => {}
+                    None => panic!("dan's session ended"),
+                }
+            }
+        })
+        .await;
+        if affinity == "0" {
+            assert!(moved.is_err(), "affinity off: dan stays on gw-b: {moved:?}");
+        } else {
+            let (address, resumed) = moved.expect("dan moves");
+            assert_eq!(
+                address,
+                client_address(&a, false),
+                "to gw-a, where ann and bob are"
+            );
+            assert!(resumed, "nothing lost on the way");
+        }
+        // Either way dan is in the room and acts in it.
+        let op = room::RoomOp {
+            room_id: room_id.clone(),
+            payload: Bytes::from_static(b"hello"),
+        };
+        let sent = dan
+            .request(room_routes::OP, op.encode_to_vec())
+            .await
+            .expect("answered");
+        assert!(sent.is_ok(), "{sent:?}");
+        dan.close().await;
+    }
+}
