@@ -61,11 +61,18 @@ struct ChurnRun {
 }
 
 /// What a Switchyard gateway still holds after every client left.
-#[derive(Default, Clone, Copy)]
-struct Leftovers {
-    sessions: f64,
-    session_objects: f64,
-    bindings: f64,
+#[derive(Default, Clone, Copy, Debug)]
+pub(crate) struct Leftovers {
+    pub(crate) sessions: f64,
+    pub(crate) session_objects: f64,
+    pub(crate) bindings: f64,
+}
+
+impl Leftovers {
+    /// Nothing held.
+    pub(crate) fn clean(&self) -> bool {
+        self.sessions == 0.0 && self.session_objects == 0.0 && self.bindings == 0.0
+    }
 }
 
 pub(crate) async fn run(args: ChurnArgs) -> anyhow::Result<()> {
@@ -171,7 +178,7 @@ pub(crate) async fn run(args: ChurnArgs) -> anyhow::Result<()> {
                 "{} sessions, {} session objects, {} bindings",
                 left.sessions, left.session_objects, left.bindings
             ),
-            left.sessions == 0.0 && left.session_objects == 0.0 && left.bindings == 0.0,
+            left.clean(),
         );
     }
     for (flavor, who, rate) in rates {
@@ -193,89 +200,168 @@ async fn once(
     let duration = Duration::from_millis(args.duration_ms);
     let pace = Pace::Open { rate_per_s: rate };
     let quiet = drive(target, clients, pace, duration).await;
-    let churned = Arc::new(AtomicU64::new(0));
-    let churn_failed = Arc::new(AtomicU64::new(0));
-    let churner = tokio::spawn(churn(
+    let churning = Churning::start(
         stack.address(Transport::Tcp),
         args.churn_per_minute,
         duration,
+        Visit {
+            ops: 0,
+            drop_half: true,
+        },
         tag.to_owned(),
-        churned.clone(),
-        churn_failed.clone(),
-    ));
+    );
     let steady = drive(target, clients, pace, duration).await;
-    let _ = churner.await;
+    let (churned, churn_failed) = churning.finish().await;
     ChurnRun {
         steady,
         quiet,
-        churned: churned.load(Ordering::Relaxed),
-        churn_failed: churn_failed.load(Ordering::Relaxed),
+        churned,
+        churn_failed,
     }
 }
 
-/// Clients that connect, log in, create a room, stay a moment and leave: half close cleanly,
-/// half drop their connection.
+/// How a churn client spends its visit.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Visit {
+    /// Requests (`GetProperties` of its room) sent one after another once its room exists.
+    pub(crate) ops: u32,
+    /// Every second client drops its connection without a goodbye; the others close cleanly.
+    pub(crate) drop_half: bool,
+}
+
+/// What the churn clients did.
+#[derive(Default, Debug)]
+struct ChurnCounts {
+    /// Visits done in full.
+    done: AtomicU64,
+    /// Visits that failed somewhere (connect, login, create, an op).
+    failed: AtomicU64,
+}
+
+/// Churn clients coming and going in the background.
+pub(crate) struct Churning {
+    task: tokio::task::JoinHandle<()>,
+    counts: Arc<ChurnCounts>,
+}
+
+impl Churning {
+    /// Starts clients visiting `address`, `per_minute` a minute for `duration`.
+    pub(crate) fn start(
+        address: client::Address,
+        per_minute: f64,
+        duration: Duration,
+        visit: Visit,
+        tag: String,
+    ) -> Self {
+        let counts = Arc::new(ChurnCounts::default());
+        let task = tokio::spawn(churn(
+            address,
+            per_minute,
+            duration,
+            visit,
+            tag,
+            counts.clone(),
+        ));
+        Churning { task, counts }
+    }
+
+    /// Waits until the last client has left; returns the visits done and failed.
+    pub(crate) async fn finish(self) -> (u64, u64) {
+        let _ = self.task.await;
+        (
+            self.counts.done.load(Ordering::Relaxed),
+            self.counts.failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Clients that connect (`per_minute` a minute, for `duration`), log in, create a room, send
+/// `visit.ops` requests in it, stay 0.2 to 2 s in all and leave. Returns once the last one left.
 async fn churn(
     address: client::Address,
     per_minute: f64,
     duration: Duration,
+    visit: Visit,
     tag: String,
-    churned: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
+    counts: Arc<ChurnCounts>,
 ) {
     let every = Duration::from_secs_f64(60.0 / per_minute.max(1.0));
     let stop_at = Instant::now() + duration;
     let mut next = Instant::now();
-    let mut visitors = Vec::new();
+    // A set reaped as visits end, so a long soak holds only the clients still visiting.
+    let mut visitors = tokio::task::JoinSet::new();
     let mut n = 0u64;
     while next < stop_at {
         tokio::time::sleep_until(next.into()).await;
+        while visitors.try_join_next().is_some() {}
         n += 1;
-        let (address, churned, failed) = (address.clone(), churned.clone(), failed.clone());
+        let (address, counts) = (address.clone(), counts.clone());
         let user = format!("churn-{tag}-{n}");
-        visitors.push(tokio::spawn(async move {
-            let visit = async {
-                let (client, _events) = login(&address, &client_config(), &user).await?;
-                let create = room::CreateRoom {
-                    max_members: 4,
-                    properties: Default::default(),
-                };
-                let response = client
-                    .request(room::routes::CREATE, create.encode_to_vec())
-                    .await?;
-                anyhow::ensure!(response.is_ok(), "create failed: {response:?}");
-                // Stay 0.2 to 2 s.
-                tokio::time::sleep(Duration::from_millis(200 + (n * 7919) % 1800)).await;
-                if n.is_multiple_of(2) {
-                    client.close().await;
-                } // else: dropped without a goodbye
-                anyhow::Ok(())
+        visitors.spawn(async move {
+            let outcome = visit_once(&address, &user, visit, n).await;
+            let counter = if outcome.is_ok() {
+                &counts.done
+            } else {
+                &counts.failed
             };
-            match visit.await {
-                Ok(()) => churned.fetch_add(1, Ordering::Relaxed),
-                Err(_) => failed.fetch_add(1, Ordering::Relaxed),
-            };
-        }));
+            counter.fetch_add(1, Ordering::Relaxed);
+        });
         next += every;
     }
-    for visitor in visitors {
-        let _ = visitor.await;
+    visitors.join_all().await;
+}
+
+/// One churn client's visit; `n` picks how long it stays and whether it says goodbye.
+async fn visit_once(
+    address: &client::Address,
+    user: &str,
+    visit: Visit,
+    n: u64,
+) -> anyhow::Result<()> {
+    let arrived = Instant::now();
+    let (client, _events) = login(address, &client_config(), user).await?;
+    let create = room::CreateRoom {
+        max_members: 4,
+        properties: Default::default(),
+    };
+    let response = client
+        .request(room::routes::CREATE, create.encode_to_vec())
+        .await?;
+    anyhow::ensure!(response.is_ok(), "create failed: {response:?}");
+    let room_id = room::RoomInfo::decode(response.payload)?.room_id;
+    let get = room::RoomRef { room_id }.encode_to_vec();
+    for _ in 0..visit.ops {
+        let response = client
+            .request(room::routes::GET_PROPERTIES, get.clone())
+            .await?;
+        anyhow::ensure!(response.is_ok(), "get properties failed: {response:?}");
     }
+    // Stay 0.2 to 2 s in all.
+    let stay = Duration::from_millis(200 + (n * 7919) % 1800);
+    tokio::time::sleep_until((arrived + stay).into()).await;
+    if !visit.drop_half || n.is_multiple_of(2) {
+        client.close().await;
+    } // else: dropped without a goodbye
+    Ok(())
 }
 
 /// Waits up to 10 s for the gateway to hold nothing; returns what it still holds.
-async fn settle(admin: SocketAddr) -> Leftovers {
+pub(crate) async fn settle(admin: SocketAddr) -> Leftovers {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let left = tokio::task::spawn_blocking(move || read_leftovers(admin))
-            .await
-            .unwrap_or_default();
-        let clean = left.sessions == 0.0 && left.session_objects == 0.0 && left.bindings == 0.0;
-        if clean || Instant::now() > deadline {
+        let left = leftovers(admin).await;
+        if left.clean() || Instant::now() > deadline {
             return left;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// What the gateway holds now, from its `/metrics`.
+pub(crate) async fn leftovers(admin: SocketAddr) -> Leftovers {
+    tokio::task::spawn_blocking(move || read_leftovers(admin))
+        .await
+        .unwrap_or_default()
 }
 
 fn read_leftovers(admin: SocketAddr) -> Leftovers {

@@ -10,7 +10,9 @@
 //!   echo server).
 //! - `fanout`: scenario `fanout` (room broadcast: deliveries/s, delivery latency, deliveries
 //!   per server core-second; Switchyard vs Go).
-//! - `procfs`: CPU time and RSS of server processes from `/proc`.
+//! - `soak`: scenario `s9-soak` (churn for a long time: RSS and fd drift of the gateway and
+//!   the room server).
+//! - `procfs`: CPU time, RSS and open fds of server processes from `/proc`.
 //! - `child`: server processes the harness starts (this binary, hidden subcommands).
 //! - `stats`: histograms and spreads.
 
@@ -25,6 +27,7 @@ mod mesh_rr;
 mod procfs;
 mod report;
 mod round_trip;
+mod soak;
 mod stack;
 mod stats;
 mod swarm;
@@ -89,6 +92,9 @@ enum Scenario {
     S6Transport(round_trip::RoundTripArgs),
     /// S7: churn: S3 at half the knee plus connects/disconnects; leaked sessions and bindings.
     S7Churn(churn::ChurnArgs),
+    /// S9: soak: churn for a long time; RSS and file descriptor drift of the gateway and the
+    /// room server, and the gateway's session gauges once the load stops.
+    S9Soak(soak::SoakArgs),
     /// Mesh request/response between two nodes vs a bare tonic unary call.
     Mesh(mesh_rr::MeshArgs),
     /// S8: a gateway drained while its clients play in rooms: time until it holds nothing,
@@ -142,6 +148,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::S5Match(args) => matchmaking::run(args).await,
             Scenario::S6Transport(args) => round_trip::run(args, "s6-transport").await,
             Scenario::S7Churn(args) => churn::run(args).await,
+            Scenario::S9Soak(args) => soak::run(args).await,
             Scenario::Mesh(args) => mesh_rr::run(args).await,
             Scenario::S8Drain(args) => drain::run(args).await,
             Scenario::Affinity(args) => affinity::run(args).await,

@@ -1,4 +1,5 @@
-//! What `/proc` says about a process: CPU time used and resident memory. The harness charges
+//! What `/proc` says about a process: CPU time used, resident memory and open file
+//! descriptors. The harness charges
 //! CPU to the server processes only (never to itself).
 
 /// Clock ticks per second of `/proc/<pid>/stat` times (Linux's USER_HZ).
@@ -22,6 +23,12 @@ pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Open file descriptors (entries of `/proc/<pid>/fd`).
+pub(crate) fn open_fds(pid: u32) -> Option<u64> {
+    let entries = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    Some(entries.count() as u64)
 }
 
 /// CPU used by a set of processes between two points.
@@ -57,5 +64,7 @@ mod tests {
         let me = std::process::id();
         assert!(cpu_micros(me).is_some());
         assert!(rss_kib(me).is_some_and(|kib| kib > 0));
+        // stdin, stdout and stderr at least.
+        assert!(open_fds(me).is_some_and(|fds| fds >= 3));
     }
 }

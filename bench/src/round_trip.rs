@@ -5,6 +5,8 @@
 //! (the same generator against a bare echo of the same transport) take turns in every round.
 
 use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -176,6 +178,25 @@ impl Run {
             cpu_us_per_op: cpu_micros as f64 / outcome.completed.max(1) as f64,
             failed: outcome.failed(),
             generator_behind: outcome.generator_behind(),
+        }
+    }
+}
+
+impl Run {
+    /// A closed-loop run recorded in a histogram of nanoseconds.
+    fn of_histogram(
+        latency: &hdrhistogram::Histogram<u64>,
+        completed: u64,
+        elapsed: Duration,
+        cpu_micros: u64,
+    ) -> Self {
+        Run {
+            p50_us: latency.value_at_quantile(0.5) as f64 / 1000.0,
+            p99_us: latency.value_at_quantile(0.99) as f64 / 1000.0,
+            throughput_per_s: completed as f64 / elapsed.as_secs_f64(),
+            cpu_us_per_op: cpu_micros as f64 / completed.max(1) as f64,
+            failed: 0,
+            generator_behind: false,
         }
     }
 }
@@ -587,11 +608,12 @@ pub(crate) struct FloorArgs {
 
 /// `s0-floor`: the bare round trips every other figure is compared with, and the generator's
 /// own ceiling: bare TCP echo, bare WebSocket echo (both driven by the load generator) and a
-/// bare tonic unary call.
+/// bare tonic unary call; at one connection also the raw loopback round trip under them all,
+/// and the generator's bare TCP echo as a multiple of it.
 pub(crate) async fn run_floor(args: FloorArgs) -> anyhow::Result<()> {
     let mut report = Report::new(
         "s0-floor",
-        "floors: bare TCP echo, bare WebSocket echo, bare tonic unary",
+        "floors: raw loopback round trip, bare TCP echo, bare WebSocket echo, bare tonic unary",
         args.common.rounds,
     );
     let duration = Duration::from_millis(args.duration_ms);
@@ -603,7 +625,7 @@ pub(crate) async fn run_floor(args: FloorArgs) -> anyhow::Result<()> {
             Floor::start(FloorKind::Tonic, flavor)?,
         ];
         for &connections in &args.connections {
-            let mut runs: Vec<(FloorKind, Run)> = Vec::new();
+            let mut runs: Vec<(FloorRow, Run)> = Vec::new();
             let mut clients = Vec::new();
             for floor in &floors[..2] {
                 let target = Target::floor(floor)?;
@@ -613,16 +635,26 @@ pub(crate) async fn run_floor(args: FloorArgs) -> anyhow::Result<()> {
             }
             let tonic = tonic_clients(&floors[2], connections).await?;
             tonic_drive(&floors[2], &tonic, Duration::from_millis(300)).await?;
+            // The raw round trip is one connection: it takes its turn at that point.
+            let turns = if connections == 1 { 4 } else { 3 };
             for round in 0..args.common.rounds {
-                for i in 0..3 {
-                    let which = (i + round) % 3;
-                    let run = if which < 2 {
-                        let (target, opened) = &clients[which];
-                        drive(target, opened, Pace::Closed, duration).await
-                    } else {
-                        tonic_drive(&floors[2], &tonic, duration).await?
+                for i in 0..turns {
+                    let which = (i + round) % turns;
+                    let run = match which {
+                        0 | 1 => {
+                            let (target, opened) = &clients[which];
+                            drive(target, opened, Pace::Closed, duration).await
+                        }
+                        2 => tonic_drive(&floors[2], &tonic, duration).await?,
+                        _ => {
+                            tokio::task::spawn_blocking(move || raw_round_trips(duration)).await??
+                        }
                     };
-                    runs.push((floors[which].kind, run));
+                    let row = match floors.get(which) {
+                        Some(floor) => FloorRow::Served(floor.kind),
+                        None => FloorRow::Raw,
+                    };
+                    runs.push((row, run));
                 }
             }
             for (_, opened) in clients {
@@ -643,27 +675,113 @@ pub(crate) async fn run_floor(args: FloorArgs) -> anyhow::Result<()> {
             "server CPU µs/req",
         ],
     );
+    let spread = |runs: &[(FloorRow, Run)], row: FloorRow, figure: fn(&Run) -> f64| {
+        let mine: Vec<f64> = runs
+            .iter()
+            .filter(|(r, _)| *r == row)
+            .map(|(_, run)| figure(run))
+            .collect();
+        (!mine.is_empty()).then(|| Spread::of(mine))
+    };
+    let all_rows = [
+        FloorRow::Raw,
+        FloorRow::Served(FloorKind::Tcp),
+        FloorRow::Served(FloorKind::Ws),
+        FloorRow::Served(FloorKind::Tonic),
+    ];
     for (flavor, connections, runs) in &rows {
-        for kind in [FloorKind::Tcp, FloorKind::Ws, FloorKind::Tonic] {
-            let mine: Vec<&Run> = runs
-                .iter()
-                .filter(|(k, _)| *k == kind)
-                .map(|(_, r)| r)
-                .collect();
+        for row in all_rows {
+            let Some(p50) = spread(runs, row, |r| r.p50_us) else {
+                continue;
+            };
+            let cpu = match row {
+                FloorRow::Raw => text("— (both ends in the harness)"),
+                FloorRow::Served(_) => Cell::Spread(Spread::of(
+                    runs.iter()
+                        .filter(|(r, _)| *r == row)
+                        .map(|(_, run)| run.cpu_us_per_op),
+                )),
+            };
             table.row(vec![
                 text(flavor),
-                text(kind),
+                text(row),
                 text(connections),
-                Cell::Spread(Spread::of(mine.iter().map(|r| r.p50_us))),
-                Cell::Spread(Spread::of(mine.iter().map(|r| r.p99_us))),
-                Cell::Spread(Spread::of(mine.iter().map(|r| r.throughput_per_s))),
-                Cell::Spread(Spread::of(mine.iter().map(|r| r.cpu_us_per_op))),
+                Cell::Spread(p50),
+                spread(runs, row, |r| r.p99_us).map_or(text("—"), Cell::Spread),
+                spread(runs, row, |r| r.throughput_per_s).map_or(text("—"), Cell::Spread),
+                cpu,
             ]);
         }
     }
-    report.note("The bare TCP and WebSocket echoes are driven by the same load generator as every scenario (client-sim's engine over the client library): their rates are the generator's ceiling on this machine, and results near them are marked generator-bound elsewhere.");
+    // The generator's own cost per request: its bare TCP echo against the raw round trip.
+    let mut overhead = Vec::new();
+    let echo = FloorRow::Served(FloorKind::Tcp);
+    for (flavor, _, runs) in rows.iter().filter(|(_, c, _)| *c == 1) {
+        let (Some(raw50), Some(echo50), Some(raw99), Some(echo99)) = (
+            spread(runs, FloorRow::Raw, |r| r.p50_us),
+            spread(runs, echo, |r| r.p50_us),
+            spread(runs, FloorRow::Raw, |r| r.p99_us),
+            spread(runs, echo, |r| r.p99_us),
+        ) else {
+            continue;
+        };
+        for (figure, raw, echo) in [("p50 µs", raw50, echo50), ("p99 µs", raw99, echo99)] {
+            overhead.push(vec![
+                text(flavor),
+                text(figure),
+                Cell::Spread(raw),
+                Cell::Spread(echo),
+                Cell::Ratio((raw.median > 0.0).then(|| echo.median / raw.median)),
+            ]);
+        }
+        let ratio = echo50.median / raw50.median;
+        report.target(
+            format!(
+                "generator's bare TCP echo p50 ≤ 2 × the raw loopback round trip ({flavor}, 1 conn)"
+            ),
+            format!(
+                "{:.1} µs = {ratio:.2} × the raw round trip ({:.1} µs): the generator and a tokio echo add {:.1} µs",
+                echo50.median,
+                raw50.median,
+                echo50.median - raw50.median
+            ),
+            ratio <= 2.0,
+        );
+    }
+    if !overhead.is_empty() {
+        report
+            .table(
+                "The generator against the physical floor (1 connection)",
+                &[
+                    "server runtime",
+                    "figure",
+                    "raw round trip",
+                    "generator → bare TCP echo",
+                    "echo / raw",
+                ],
+            )
+            .rows = overhead;
+    }
+    report.note("The raw loopback round trip is the physical floor (sockperf-style ping-pong): two blocking threads of the harness (std::net, TCP_NODELAY) bounce a 32-byte message, one in flight, no runtime or framing; it takes its turn with the floors at one connection, in the same rounds. Its server runtime column names the turn it ran in, not a runtime it used.");
+    report.note("The bare TCP and WebSocket echoes are driven by the same load generator as every scenario (client-sim's engine over the client library): their rates are the generator's ceiling on this machine, and results near them are marked generator-bound elsewhere. The bare TCP echo over the raw round trip is what the generator and a tokio echo add to a loopback round trip.");
     report.note("Switchyard and Go have no rows here: this scenario is the floor the others are divided by.");
     report.finish(&args.common.out)
+}
+
+/// A row of the S0 table: a floor server, or the raw round trip between two threads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FloorRow {
+    Raw,
+    Served(FloorKind),
+}
+
+impl std::fmt::Display for FloorRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FloorRow::Raw => f.write_str("raw loopback TCP round trip (blocking threads)"),
+            FloorRow::Served(kind) => kind.fmt(f),
+        }
+    }
 }
 
 async fn tonic_clients(
@@ -720,13 +838,58 @@ async fn tonic_drive(
         all.add(&h)?;
         completed += n;
     }
+    Ok(Run::of_histogram(
+        &all,
+        completed,
+        started.elapsed(),
+        cpu.elapsed_micros(),
+    ))
+}
+
+/// Size of the raw round trip's message (the payload size).
+const RAW_MESSAGE: usize = 32;
+
+/// The physical floor: a raw loopback TCP round trip, `sockperf`-style. Two blocking threads of
+/// this process (`std::net`, `TCP_NODELAY`) ping-pong a 32-byte message for `duration` after a
+/// thousand unrecorded ones; no runtime, framing or allocation per message. CPU is not
+/// measured (both ends live in the harness).
+fn raw_round_trips(duration: Duration) -> anyhow::Result<Run> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let echo = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut socket, _) = listener.accept()?;
+        socket.set_nodelay(true)?;
+        let mut message = [0u8; RAW_MESSAGE];
+        loop {
+            match socket.read_exact(&mut message) {
+                Ok(()) => socket.write_all(&message)?,
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    });
+    let mut socket = TcpStream::connect(addr)?;
+    socket.set_nodelay(true)?;
+    let mut message = [7u8; RAW_MESSAGE];
+    let mut ping = |socket: &mut TcpStream| -> std::io::Result<()> {
+        socket.write_all(&message)?;
+        socket.read_exact(&mut message)
+    };
+    for _ in 0..1_000 {
+        ping(&mut socket)?;
+    }
+    let mut latency = histogram();
+    let mut completed = 0u64;
+    let started = Instant::now();
+    while started.elapsed() < duration {
+        let sent = Instant::now();
+        ping(&mut socket)?;
+        latency.saturating_record(sent.elapsed().as_nanos() as u64);
+        completed += 1;
+    }
     let elapsed = started.elapsed();
-    Ok(Run {
-        p50_us: all.value_at_quantile(0.5) as f64 / 1000.0,
-        p99_us: all.value_at_quantile(0.99) as f64 / 1000.0,
-        throughput_per_s: completed as f64 / elapsed.as_secs_f64(),
-        cpu_us_per_op: cpu.elapsed_micros() as f64 / completed.max(1) as f64,
-        failed: 0,
-        generator_behind: false,
-    })
+    drop(socket);
+    echo.join()
+        .map_err(|_| anyhow::anyhow!("the raw echo thread panicked"))??;
+    Ok(Run::of_histogram(&latency, completed, elapsed, 0))
 }

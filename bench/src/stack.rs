@@ -63,6 +63,8 @@ pub(crate) struct Stack {
     pub(crate) pids: Vec<u32>,
     /// The gateway process (memory is read from it).
     pub(crate) gateway_pid: u32,
+    /// The room server process.
+    pub(crate) room_pid: u32,
     _processes: Vec<ChildProcess>,
 }
 
@@ -95,6 +97,7 @@ impl Stack {
             admin: Some(gateway.get("admin")?.to_owned()),
             pids: vec![gateway.pid(), login.pid(), rooms.pid()],
             gateway_pid: gateway.pid(),
+            room_pid: rooms.pid(),
             _processes: vec![gateway, login, rooms],
         };
         stack.wait_until_serving(services).await?;
@@ -118,6 +121,7 @@ impl Stack {
         }
         let room = ChildProcess::spawn_program(&room_bin, &["-grpc", "127.0.0.1:0"])?;
         let room_addr = room.get("grpc")?.to_owned();
+        let room_pid = room.pid();
         let mut processes = vec![room];
         let mut gateway_args = vec![
             "-ws",
@@ -148,6 +152,7 @@ impl Stack {
             ws: gateway.get("ws")?.to_owned(),
             admin: None,
             gateway_pid: gateway.pid(),
+            room_pid,
             pids,
             _processes: {
                 processes.push(gateway);
