@@ -16,7 +16,6 @@ use std::{
 };
 
 use anyhow::Context;
-use bytes::Bytes;
 use clap::Args;
 use client::{Address, Session, SessionConfig, SessionEvent};
 use prost::Message;
@@ -25,7 +24,7 @@ use runtime::RuntimeFlavor;
 
 use crate::{
     Common,
-    child::ChildProcess,
+    drain::{TwoGateways, tick_rooms},
     procfs::CpuMeter,
     report::{Report, text},
     stack::{LOGIN, login_payload},
@@ -117,47 +116,15 @@ async fn measure(
     affinity: &str,
     args: &AffinityArgs,
 ) -> anyhow::Result<Run> {
-    let flavor_arg = flavor.as_arg();
-    let a = ChildProcess::spawn(&[
-        "--flavor",
-        flavor_arg,
-        "serve-gateway",
-        "--node-id",
-        "gateway-a",
-    ])?;
-    let gossip = a.get("gossip")?.to_owned();
-    let b = ChildProcess::spawn(&[
-        "--flavor",
-        flavor_arg,
-        "serve-gateway",
-        "--node-id",
-        "gateway-b",
-        "--seed",
-        &gossip,
-    ])?;
-    let login = ChildProcess::spawn(&[
-        "--flavor",
-        flavor_arg,
-        "serve-echo-logic",
-        "--seed",
-        &gossip,
-    ])?;
-    let rooms = ChildProcess::spawn(&[
-        "--flavor",
-        flavor_arg,
-        "serve-room",
-        "--seed",
-        &gossip,
-        "--affinity",
-        affinity,
-    ])?;
-    let pids = vec![a.pid(), b.pid(), login.pid(), rooms.pid()];
+    let cluster = TwoGateways::start(flavor, &[], &[], &["--affinity", affinity]).await?;
+    let pids: Vec<u32> = [&cluster.a, &cluster.b, &cluster.login, &cluster.rooms]
+        .iter()
+        .map(|p| p.pid())
+        .collect();
     let gateways = [
-        Address::Tcp(a.get("tcp")?.parse()?),
-        Address::Tcp(b.get("tcp")?.parse()?),
+        Address::Tcp(cluster.a.get("tcp")?.parse()?),
+        Address::Tcp(cluster.b.get("tcp")?.parse()?),
     ];
-    crate::drain::wait_for_online(a.get("admin")?.parse()?, &["gateway-b"], 4).await?;
-    crate::drain::wait_for_online(b.get("admin")?.parse()?, &["gateway-a"], 4).await?;
 
     let size = args.room_size.max(2);
     let delivered = Arc::new(AtomicU64::new(0));
@@ -222,28 +189,18 @@ async fn measure(
             let _ = tx.send(at);
         });
     }
-    let every = Duration::from_secs_f64(1.0 / args.hz.max(0.1));
     let duration = Duration::from_millis(args.duration_ms);
     let cpu = CpuMeter::start(&pids);
     counting.store(true, Ordering::Relaxed);
     let started = Instant::now();
-    let mut ticking = Vec::new();
-    for (i, (session, room_id)) in senders.iter().cloned().enumerate() {
-        ticking.push(tokio::spawn(async move {
-            let mut next = Instant::now() + every.mul_f64(i as f64 / 97.0 % 1.0);
-            let stop_at = Instant::now() + duration;
-            while next < stop_at {
-                tokio::time::sleep_until(next.into()).await;
-                next += every;
-                let op = room::RoomOp {
-                    room_id: room_id.clone(),
-                    payload: Bytes::from_static(b"tick"),
-                };
-                let session = session.clone();
-                tokio::spawn(async move { session.request(routes::OP, op.encode_to_vec()).await });
-            }
-        }));
-    }
+    let (sessions, room_ids): (Vec<Session>, Vec<String>) = senders.iter().cloned().unzip();
+    let stop_at = started + duration;
+    let ticking = tick_rooms(room_ids, args.hz, move || Instant::now() < stop_at, {
+        move |i, op: room::RoomOp| {
+            let session = sessions[i].clone();
+            tokio::spawn(async move { session.request(routes::OP, op.encode_to_vec()).await });
+        }
+    });
     for ticker in ticking {
         ticker.await?;
     }

@@ -437,30 +437,17 @@ fn start_ticking(
     hz: f64,
     stop: &Arc<AtomicBool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    let every = Duration::from_secs_f64(1.0 / hz.max(0.1));
-    senders
-        .into_iter()
-        .enumerate()
-        .map(|(i, (current, room_id))| {
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                let mut next = Instant::now() + every.mul_f64(i as f64 / 97.0 % 1.0);
-                while !stop.load(Ordering::Relaxed) {
-                    tokio::time::sleep_until(next.into()).await;
-                    next += every;
-                    let client = current.lock().map(|c| c.clone());
-                    let Ok(client) = client else { return };
-                    let op = room::RoomOp {
-                        room_id: room_id.clone(),
-                        payload: Bytes::from_static(b"tick"),
-                    };
-                    tokio::spawn(async move {
-                        let _ = client.request(routes::OP, op.encode_to_vec()).await;
-                    });
-                }
-            })
-        })
-        .collect()
+    let (current, rooms): (Vec<_>, Vec<_>) = senders.into_iter().unzip();
+    let stop = stop.clone();
+    let running = move || !stop.load(Ordering::Relaxed);
+    tick_rooms(rooms, hz, running, move |i, op: room::RoomOp| {
+        let Ok(client) = current[i].lock().map(|c| c.clone()) else {
+            return;
+        };
+        tokio::spawn(async move {
+            let _ = client.request(routes::OP, op.encode_to_vec()).await;
+        });
+    })
 }
 
 fn bench_config() -> ClientConfig {
@@ -471,42 +458,85 @@ fn bench_config() -> ClientConfig {
     }
 }
 
+/// Two gateways (`gateway-a` the seed), a login server and a room server, as processes on
+/// `flavor`, once each gateway sees the other online.
+pub(crate) struct TwoGateways {
+    pub(crate) a: ChildProcess,
+    pub(crate) b: ChildProcess,
+    pub(crate) login: ChildProcess,
+    pub(crate) rooms: ChildProcess,
+}
+
+impl TwoGateways {
+    /// With `gateway` flags for both gateways, `a_only` for A, `room` flags for the room server.
+    pub(crate) async fn start(
+        flavor: RuntimeFlavor,
+        gateway: &[&str],
+        a_only: &[&str],
+        room: &[&str],
+    ) -> anyhow::Result<Self> {
+        let flavor = flavor.as_arg();
+        let spawn = |what: &str, extra: &[&str]| {
+            let mut args = vec!["--flavor", flavor, what];
+            args.extend_from_slice(extra);
+            ChildProcess::spawn(&args)
+        };
+        let a = spawn(
+            "serve-gateway",
+            &[&["--node-id", "gateway-a"], gateway, a_only].concat(),
+        )?;
+        let gossip = a.get("gossip")?.to_owned();
+        let seed = ["--seed", gossip.as_str()];
+        let b = spawn(
+            "serve-gateway",
+            &[&["--node-id", "gateway-b"], &seed[..], gateway].concat(),
+        )?;
+        let login = spawn("serve-echo-logic", &seed)?;
+        let rooms = spawn("serve-room", &[&seed[..], room].concat())?;
+        wait_for_online(a.get("admin")?.parse()?, &["gateway-b"], 4).await?;
+        wait_for_online(b.get("admin")?.parse()?, &["gateway-a"], 4).await?;
+        Ok(Self { a, b, login, rooms })
+    }
+}
+
+/// Sends a `RoomOp` ("tick") to each room at `hz` through `send(i, op)` (room `i`'s sender),
+/// the rooms' ticks spread over the period, while `running()`.
+pub(crate) fn tick_rooms<F>(
+    rooms: Vec<String>,
+    hz: f64,
+    running: impl Fn() -> bool + Clone + Send + 'static,
+    send: F,
+) -> Vec<tokio::task::JoinHandle<()>>
+where
+    F: Fn(usize, room::RoomOp) + Clone + Send + 'static,
+{
+    let every = Duration::from_secs_f64(1.0 / hz.max(0.1));
+    rooms
+        .into_iter()
+        .enumerate()
+        .map(|(i, room_id)| {
+            let (running, send) = (running.clone(), send.clone());
+            tokio::spawn(async move {
+                let mut next = Instant::now() + every.mul_f64(i as f64 / 97.0 % 1.0);
+                while running() {
+                    tokio::time::sleep_until(next.into()).await;
+                    next += every;
+                    let op = room::RoomOp {
+                        room_id: room_id.clone(),
+                        payload: Bytes::from_static(b"tick"),
+                    };
+                    send(i, op);
+                }
+            })
+        })
+        .collect()
+}
+
 async fn measure(flavor: RuntimeFlavor, sessions: usize, args: &DrainArgs) -> anyhow::Result<Run> {
-    let flavor_arg = flavor.as_arg();
-    let a = ChildProcess::spawn(&[
-        "--flavor",
-        flavor_arg,
-        "serve-gateway",
-        "--node-id",
-        "gateway-a",
-        "--admin-token",
-        TOKEN,
-        "--resume-window-ms",
-        RESUME_WINDOW_MS,
-    ])?;
-    let gossip = a.get("gossip")?.to_owned();
-    let b = ChildProcess::spawn(&[
-        "--flavor",
-        flavor_arg,
-        "serve-gateway",
-        "--node-id",
-        "gateway-b",
-        "--seed",
-        &gossip,
-        "--resume-window-ms",
-        RESUME_WINDOW_MS,
-    ])?;
-    let _login = ChildProcess::spawn(&[
-        "--flavor",
-        flavor_arg,
-        "serve-echo-logic",
-        "--seed",
-        &gossip,
-    ])?;
-    let _rooms = ChildProcess::spawn(&["--flavor", flavor_arg, "serve-room", "--seed", &gossip])?;
-    let a_admin: SocketAddr = a.get("admin")?.parse()?;
-    let a_tcp = format!("tcp://{}", a.get("tcp")?);
-    wait_for_online(a_admin, &["gateway-b"], 4).await?;
+    let gateway = ["--resume-window-ms", RESUME_WINDOW_MS];
+    let cluster = TwoGateways::start(flavor, &gateway, &["--admin-token", TOKEN], &[]).await?;
+    let a_admin: SocketAddr = cluster.a.get("admin")?.parse()?;
+    let a_tcp = format!("tcp://{}", cluster.a.get("tcp")?);
 
     // Whole rooms per generator process, about `per_process` sessions each.
     let size = args.room_size.max(2);
@@ -581,7 +611,7 @@ async fn measure(flavor: RuntimeFlavor, sessions: usize, args: &DrainArgs) -> an
             }
         }
     }
-    drop((a, b));
+    drop(cluster);
     let ms = |q: f64| blackouts.value_at_quantile(q) as f64 / 1000.0;
     let part = |h: &Histogram<u64>| [0.5, 0.99].map(|q| h.value_at_quantile(q) as f64 / 1000.0);
     Ok(Run {
