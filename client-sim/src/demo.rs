@@ -104,6 +104,14 @@ impl Pushes for Narrated {
                     };
                     println!("[{name}] gateway going offline (grace {grace:?}): {next}");
                 }
+                SessionEvent::MoveSuggested { moving } => {
+                    let next = if moving {
+                        "moving now"
+                    } else {
+                        "staying for now"
+                    };
+                    println!("[{name}] most of our room is on another gateway: {next}");
+                }
                 SessionEvent::Kicked { code, reason } => {
                     println!("[{name}] kicked by the gateway: {reason} ({code})");
                 }

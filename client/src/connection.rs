@@ -148,6 +148,10 @@ pub enum Event {
         /// Time left before the gateway closes remaining connections.
         grace: Duration,
     },
+    /// Another gateway suits this session better (most of the user's room is there): call
+    /// [`Client::migrate`] when convenient (then `MigrateTo` follows); until then it is served
+    /// here.
+    MoveSuggested,
     /// The session moved to another gateway (a drain, or the client's `migrate`): reconnect
     /// to one of `addresses` and resume with `ticket` ([`Client::resume`]). The gateway closes
     /// this connection next.
@@ -516,6 +520,7 @@ async fn read_loop(
                     },
                 }
             }
+            Ok(Kind::MoveSuggested) => Event::MoveSuggested,
             Ok(Kind::Offline) => Event::Offline {
                 grace: Duration::from_millis(envelope.offline.map_or(0, |o| o.grace_ms)),
             },

@@ -41,7 +41,8 @@ pub struct SessionConfig {
     pub retry_min: Duration,
     /// The longest pause between rounds of attempts.
     pub retry_max: Duration,
-    /// Ask to move (`MIGRATE`) as soon as the gateway says it is going offline. On by
+    /// Ask to move (`MIGRATE`) as soon as the gateway says it is going offline, or suggests
+    /// another gateway (room affinity). On by
     /// default: the move costs one reconnection whenever it happens, and moving at once
     /// avoids the grace's end, when the gateway stops reading requests (a request sent then
     /// is never answered). An application that would rather move at a quiet moment (between
@@ -76,6 +77,13 @@ pub enum SessionEvent {
         /// when the gateway no longer held some of them (the pushes go on from a later `seq`:
         /// the application resynchronises its state). Always false on the first connection.
         resumed: bool,
+    },
+    /// Another gateway suits the session better (most of its room is there). With `moving`
+    /// the session has asked to move already ([`SessionConfig::move_on_offline`]); otherwise
+    /// call [`Session::migrate`] when convenient.
+    MoveSuggested {
+        /// True when the session asked to move at once.
+        moving: bool,
     },
     /// A server push. Across reconnections pushes come once each, in `seq` order.
     Push(Push),
@@ -513,6 +521,14 @@ async fn watch_connection(
                     tokio::spawn(async move { start_move(&shared, client).await });
                 }
                 SessionEvent::Offline { grace, moving }
+            }
+            Some(Event::MoveSuggested) => {
+                let moving = shared.config.move_on_offline && moved.is_none();
+                if moving {
+                    let (shared, client) = (shared.clone(), client.clone());
+                    tokio::spawn(async move { start_move(&shared, client).await });
+                }
+                SessionEvent::MoveSuggested { moving }
             }
             Some(Event::MigrateTo { addresses, ticket }) => {
                 // The gateway closes next; pushes it still sends come first.

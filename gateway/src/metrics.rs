@@ -44,6 +44,6 @@ pub const DRAIN_OUTCOMES: &str = "switchyard_gateway_drain_outcomes_total";
 /// a user not here) (counter).
 pub const FORWARDS: &str = "switchyard_gateway_forwards_total";
 /// New clients placed elsewhere, by outcome: `redirected` (with `reason` `full` or `load`),
-/// `full` (refused with GATEWAY_FULL: no gateway had room), or `affinity_moved` (a session
-/// moved to the gateway holding most of its room) (counter).
+/// `full` (refused with GATEWAY_FULL: no gateway had room), or `move_suggested` (a session
+/// was asked to move to the gateway holding most of its room) (counter).
 pub const PLACEMENTS: &str = "switchyard_gateway_placements_total";

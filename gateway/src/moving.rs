@@ -473,7 +473,7 @@ impl Gateway {
         conn: &Arc<Conn>,
         session: &Arc<Session>,
     ) -> Result<(), MoveError> {
-        let to = self.move_target().ok_or(MoveError::NoGateway)?;
+        let to = self.move_target_for(session).ok_or(MoveError::NoGateway)?;
         self.migrate_to(conn, session, &to).await
     }
 
@@ -506,39 +506,36 @@ impl Gateway {
         Ok(())
     }
 
-    /// A logic server asked to move the session to gateway `to` (affinity: most of the user's
-    /// room is there). Done after the answer, as a drain moves a client: the connection stops
-    /// taking requests, those received are answered, then `MIGRATE_TO`. Skipped for this
-    /// gateway, one not online or full, or a session not carried by this connection; a failed
-    /// hand-over drops the connection (the session is held here and resumed).
-    pub(crate) fn move_for_affinity(
-        self: &Arc<Self>,
-        conn: &Arc<Conn>,
-        session: &Arc<Session>,
-        to: NodeId,
-    ) {
-        let members = self.mesh.cluster().members();
-        let room = members
-            .get(&to)
-            .filter(|n| n.is_online())
-            .is_some_and(|n| n.load.capacity == 0 || n.load.sessions < n.load.capacity);
-        if to == self.node_id || !room || !session.carried_by(conn) || conn.is_ending() {
-            debug!(session = session.id, %to, "affinity move skipped");
+    /// A logic server asked that the session move to gateway `to` (affinity: most of the
+    /// user's room is there). The client is told (`MOVE_SUGGESTED`) and moves when it answers
+    /// `MIGRATE` (at a moment of its choosing: nothing it sends is left unread); the move goes
+    /// to `to`. Skipped for this gateway, or one not online or full.
+    pub(crate) fn suggest_move(&self, conn: &Arc<Conn>, session: &Arc<Session>, to: NodeId) {
+        if to == self.node_id || !self.has_room(&to) || !session.carried_by(conn) {
+            debug!(session = session.id, %to, "affinity move not suggested");
             return;
         }
-        conn.quiesce.cancel();
-        let (gateway, conn, session) = (self.clone(), conn.clone(), session.clone());
-        self.tracker.spawn(async move {
-            match gateway.migrate_to(&conn, &session, &to).await {
-                Ok(()) => {
-                    ::metrics::counter!(crate::metrics::PLACEMENTS, "outcome" => "affinity_moved").increment(1);
-                }
-                Err(error) => {
-                    info!(session = session.id, %to, %error, "affinity move failed; the client resumes here");
-                    conn.close_as(Ending::Dropped, "the session could not move");
-                }
-            }
-        });
+        session.state().move_to = Some(to);
+        conn.send(&envelope::move_suggested());
+        ::metrics::counter!(crate::metrics::PLACEMENTS, "outcome" => "move_suggested").increment(1);
+    }
+
+    /// `to` is an online gateway with room for one more session.
+    fn has_room(&self, to: &NodeId) -> bool {
+        let members = self.mesh.cluster().members();
+        members
+            .get(to)
+            .filter(|n| n.is_online())
+            .is_some_and(|n| n.load.capacity == 0 || n.load.sessions < n.load.capacity)
+    }
+
+    /// Where a session moves: the gateway suggested for it, while that one has room; else the
+    /// least-loaded other online gateway.
+    fn move_target_for(&self, session: &Session) -> Option<NodeId> {
+        let suggested = session.state().move_to.clone();
+        suggested
+            .filter(|to| self.has_room(to))
+            .or_else(|| self.move_target())
     }
 
     /// Answers a client's MIGRATE: the answer, then `MIGRATE_TO` and the close; or
@@ -551,7 +548,7 @@ impl Gateway {
     ) {
         // The reader waits for this (so no new request is read meanwhile); the answer must
         // precede MIGRATE_TO: queue it first, then move.
-        let result = match self.move_target() {
+        let result = match self.move_target_for(session) {
             None => Err(MoveError::NoGateway),
             Some(_) if session.user().is_none() => Err(MoveError::NotHere),
             Some(_) => {

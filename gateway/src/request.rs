@@ -150,7 +150,7 @@ impl Gateway {
             let answered = answer.is_ok();
             self.respond_pending(pending, answer);
             if let Some(to) = move_to.filter(|_| answered) {
-                self.move_for_affinity(&conn, &session, to);
+                self.suggest_move(&conn, &session, to);
             }
         }
     }

@@ -66,6 +66,9 @@ pub(crate) struct SessionState {
     /// Nodes to tell when the session closes (besides bound nodes).
     pub(crate) watchers: BTreeSet<NodeId>,
     pub(crate) wills: Vec<Will>,
+    /// The gateway a logic server suggested this session move to (affinity): a MIGRATE goes
+    /// there.
+    pub(crate) move_to: Option<NodeId>,
 }
 
 /// What a logic response asks of the session besides login, applied under one lock.
@@ -219,6 +222,8 @@ impl Session {
                     payload: w.payload,
                 })
                 .collect(),
+            // A suggestion was this gateway's to act on; here it would be stale.
+            move_to: None,
         };
         let held: VecDeque<HeldPush> = snapshot
             .held

@@ -716,5 +716,35 @@ async fn a_member_joining_a_room_moves_to_the_gateway_holding_most_of_it() {
             .expect("answered");
         assert!(sent.is_ok(), "{sent:?}");
         dan.close().await;
+        if affinity == "0" {
+            continue;
+        }
+        // A plain client is told, not moved: it is served where it is until it asks, and its
+        // MIGRATE goes to the gateway suggested.
+        let mut ed = Player::login(client_address(&b, false), "ed").await;
+        ed.join_room(&room_id).await;
+        let told = tokio::time::timeout(Duration::from_secs(3), async {
+            loop {
+                if let Some(client::Event::MoveSuggested) = ed.events.next().await {
+                    return;
+                }
+            }
+        })
+        .await;
+        assert!(told.is_ok(), "ed was told to move");
+        assert!(ed.try_op(&room_id, "still on gw-b").await.is_ok());
+        let asked = ed.client.migrate().await.expect("answered");
+        assert!(asked.is_ok(), "{asked:?}");
+        let a_tcp = client_address(&a, false).to_string();
+        let addresses = tokio::time::timeout(Duration::from_secs(3), async {
+            loop {
+                if let Some(client::Event::MigrateTo { addresses, .. }) = ed.events.next().await {
+                    return addresses;
+                }
+            }
+        })
+        .await
+        .expect("told where to go");
+        assert!(addresses.contains(&a_tcp), "to gw-a: {addresses:?}");
     }
 }

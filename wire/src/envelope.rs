@@ -114,6 +114,14 @@ pub fn redirect(msg_id: u32, route: u32, addresses: Vec<String>) -> Envelope {
     }
 }
 
+/// A suggestion to move (answer with MIGRATE when convenient).
+pub fn move_suggested() -> Envelope {
+    Envelope {
+        kind: Kind::MoveSuggested as i32,
+        ..Envelope::default()
+    }
+}
+
 /// A goodbye: the session ends now.
 pub fn goodbye() -> Envelope {
     Envelope {
