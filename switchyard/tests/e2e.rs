@@ -20,12 +20,14 @@ async fn two_players_are_bound_to_the_emptier_room_server_and_see_one_order_of_o
     let _busy = sandbox.start("logic-room", "room-busy", &["--preload-rooms", "3"]);
     // These two run on single-threaded runtimes (`--runtime`), the others on the default.
     let _empty = sandbox.start("logic-room", "room-empty", &["--runtime", "current-thread"]);
-    let _matcher = sandbox.start(
+    let matcher = sandbox.start(
         "logic-match",
         "match",
         &["--modes", "duel=2", "--runtime", "current-thread"],
     );
     wait_for_members(&gateway, &["gw", "room-busy", "room-empty", "match"]).await;
+    // The match server places by what it sees: both room servers, online.
+    wait_for_members(&matcher, &["room-busy", "room-empty"]).await;
 
     let mut ann = Player::login(client_address(&gateway, true), "ann").await;
     let mut ben = Player::login(client_address(&gateway, false), "ben").await;
