@@ -143,13 +143,16 @@ impl Gateway {
             if reply.status == 0 && !reply.login_user_id.is_empty() {
                 warn!(session = pending.session.id, %node, "ignoring a login from a route that is not public");
             }
-            let move_to = (reply.status == 0 && !reply.move_to_gateway.is_empty())
-                .then(|| NodeId::new(reply.move_to_gateway.as_str()));
-            let (conn, session) = (pending.conn.clone(), pending.session.clone());
+            // A suggested move (room affinity) is rare: only then is the session kept past
+            // the answer.
+            let suggestion = (reply.status == 0 && !reply.move_to_gateway.is_empty()).then(|| {
+                let to = NodeId::new(reply.move_to_gateway.as_str());
+                (to, pending.conn.clone(), pending.session.clone())
+            });
             let answer = self.answer(&pending, &node, reply);
             let answered = answer.is_ok();
             self.respond_pending(pending, answer);
-            if let Some(to) = move_to.filter(|_| answered) {
+            if let Some((to, conn, session)) = suggestion.filter(|_| answered) {
                 self.suggest_move(&conn, &session, to);
             }
         }

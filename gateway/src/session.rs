@@ -636,7 +636,8 @@ impl Session {
     /// Whether a node removed or replaced a binding since the last call (the next request
     /// waits for the session's earlier ones; see `connection::dispatch`).
     pub(crate) fn take_rebound(&self) -> bool {
-        self.rebound.swap(false, Ordering::AcqRel)
+        // Read first: every request asks, almost always to hear no (no write to the line).
+        self.rebound.load(Ordering::Acquire) && self.rebound.swap(false, Ordering::AcqRel)
     }
 
     /// Drops bindings to nodes that are gone, with their wills; returns those wills.

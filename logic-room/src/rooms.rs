@@ -409,6 +409,11 @@ impl Rooms {
             .unwrap_or_default()
     }
 
+    /// `user` is a member of no room here.
+    pub(crate) fn in_no_room(&self, user: &str) -> bool {
+        !self.lock().user_rooms.contains_key(user)
+    }
+
     /// The ids of the rooms hosted here.
     pub(crate) fn ids(&self) -> Vec<String> {
         self.lock().rooms.keys().cloned().collect()
@@ -489,7 +494,7 @@ impl Rooms {
         let mut last = Vec::new();
         for user in members {
             self.left(sdk, room_id, user);
-            if self.rooms_of(user).is_empty() {
+            if self.in_no_room(user) {
                 last.push(user.clone());
             }
         }
@@ -911,7 +916,7 @@ fn serve(room: &mut Room, command: Command, reply: ReplyTx, rooms: &Arc<Rooms>, 
     let mut last_room_there = false;
     if let Some(user) = &outcome.left {
         rooms.left(sdk, &room.id, user);
-        last_room_there = rooms.rooms_of(user).is_empty();
+        last_room_there = rooms.in_no_room(user);
     }
     for broadcast in outcome.broadcasts {
         // A full gateway queue drops the push; the SDK logs and counts it.
