@@ -161,7 +161,7 @@ pub struct Config {
     #[arg(long, env = "SWITCHYARD_REPLAY_MAX_PUSHES", default_value_t = 256)]
     pub replay_max_pushes: usize,
 
-    /// Most payload bytes of pushes each session keeps for a resume.
+    /// Most payload bytes of pushes each session keeps for a resume (at most 1 MiB).
     #[arg(long, env = "SWITCHYARD_REPLAY_MAX_BYTES", default_value_t = 64 << 10)]
     pub replay_max_bytes: usize,
 
@@ -169,6 +169,9 @@ pub struct Config {
     #[arg(long, env = "SWITCHYARD_RESUME_TOKEN_TTL_MS", default_value_t = 24 * 3_600_000)]
     pub resume_token_ttl_ms: u64,
 }
+
+/// The largest `--replay-max-bytes`.
+pub const MAX_REPLAY_BYTES: usize = 1 << 20;
 
 /// Parses `cmd:sub` or a plain (decimal or 0x-hex) route id.
 pub fn parse_route(text: &str) -> Result<u32, String> {
@@ -261,6 +264,12 @@ pub struct RunningGateway {
 /// Starts the gateway: joins the cluster, serves gRPC and accepts clients; returns once it
 /// does, with its bound addresses.
 pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<RunningGateway> {
+    // A session's replay ring travels with it when it moves (one AdoptSessions call carries
+    // up to 2 MiB of snapshots, a lone larger one alone): keep one ring well inside that.
+    anyhow::ensure!(
+        config.replay_max_bytes <= MAX_REPLAY_BYTES,
+        "--replay-max-bytes must be at most {MAX_REPLAY_BYTES}"
+    );
     let mut node_config = config.node.node_config(NodeKind::GATEWAY);
     let ws_addr = listeners.ws.local_addr()?;
     let tcp_addr = listeners.tcp.local_addr()?;
@@ -288,7 +297,12 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<Runni
     };
     let gateway = Gateway::new(node.mesh().clone(), limits, tokens, resume);
     gateway.tracker.spawn(gateway.clone().follow_nodes());
-    let service = node.authenticated(GatewayServer::new(GatewayService(gateway.clone())));
+    // Other gateways' hand-overs carry snapshots (replay rings, wills): the same bound as the
+    // links' messages, not gRPC's default 4 MiB.
+    let service = node.authenticated(
+        GatewayServer::new(GatewayService(gateway.clone()))
+            .max_decoding_message_size(link::MAX_DECODING_BYTES),
+    );
     node.serve(|routes| routes.add_service(service)).await?;
     tracing::info!(ws = %ws_addr, tcp = %tcp_addr, "gateway accepting clients");
 

@@ -64,8 +64,8 @@ const FORWARD_BATCH: usize = 1024;
 const MOVE_BATCH: usize = 1024;
 /// `AdoptSessions` calls in flight toward one gateway.
 const MOVE_CALLS: usize = 4;
-/// Most bytes of snapshots in one `AdoptSessions` call: a gateway takes messages of up to 4 MiB
-/// (gRPC's default), and a snapshot carries its session's replay ring.
+/// Most bytes of snapshots in one `AdoptSessions` call (a snapshot carries its session's replay
+/// ring, at most 1 MiB): calls stay small however many sessions wait.
 const MOVE_BYTES: usize = 2 << 20;
 
 /// Milliseconds since this process's first call (a clock for `Forwards::any`).

@@ -352,9 +352,9 @@ async fn clients_that_ignore_offline_are_moved_when_the_grace_ends() {
     drain_with_clients(10, false, "1000", Pushing::Awaited, 0).await;
 }
 
-/// Sessions move in batches, and a batch is split so no call carries more than a gateway takes
-/// in one message (4 MiB): a hundred sessions each holding 128 KB of pushes for a resume
-/// (12.8 MB in all) move together.
+/// Sessions move in batches, split into calls of at most 2 MiB of snapshots (each carries its
+/// replay ring): a hundred sessions each holding 128 KB of pushes for a resume (12.8 MB in all)
+/// move together, every push once and in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_with_full_replay_rings_move_in_calls_a_gateway_takes() {
     drain_with_clients(100, false, "1000", Pushing::Ordered, 128_000).await;
