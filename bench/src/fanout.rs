@@ -55,11 +55,13 @@ struct Run {
     p50_us: f64,
     p99_us: f64,
     server_cores: f64,
+    /// This process (the clients: senders and receivers) over the same phase.
+    generator_cores: f64,
     deliveries_per_core_s: f64,
 }
 
-/// Deliveries per second per server core the issue asks for.
-const TARGET_PER_CORE: f64 = 200_000.0;
+/// Deliveries per second per server core the hot-path issue asks for (rooms of 50 at 30 Hz).
+const TARGET_PER_CORE: f64 = 150_000.0;
 
 pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     let mut report = Report::new(
@@ -99,11 +101,12 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     let mut columns = vec!["server runtime", "room size", "Hz", "figure"];
     columns.extend(COMPARED);
     let table = report.table("Deliveries", &columns);
-    let figures: [Figure<Run>; 5] = [
+    let figures: [Figure<Run>; 6] = [
         ("deliveries/s", |r| r.deliveries_per_s),
         ("delivery p50 µs", |r| r.p50_us),
         ("delivery p99 µs", |r| r.p99_us),
         ("server cores busy", |r| r.server_cores),
+        ("generator cores busy", |r| r.generator_cores),
         ("deliveries per server core-s", |r| r.deliveries_per_core_s),
     ];
     let mut best_per_core: Option<(f64, usize, f64, RuntimeFlavor)> = None;
@@ -138,12 +141,16 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     }
     if let Some((per_core, size, hz, flavor)) = best_per_core {
         report.target(
-            "S4 ≥ 200k deliveries per second per server core",
+            "S4 ≥ 150k deliveries per second per server core",
             format!("best {per_core:.0} (rooms of {size} at {hz} Hz, {flavor})"),
             per_core >= TARGET_PER_CORE,
         );
     }
     report.note("Delivery latency runs from the send timestamp in the operation's payload to its arrival at each member. Server CPU counts every server process (Switchyard: gateway, login server, room server; Go: go-gateway, go-room). There is no floor for fan-out.");
+    report.note(format!(
+        "Generator cores busy: the clients (one sender per room, every member receiving) in this process, over the same phase. The machine has {} cores: when servers and generator together come near that, the delivery latencies are the machine's as much as the servers'.",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    ));
     report.finish(&args.common.out)
 }
 
@@ -236,6 +243,7 @@ async fn measure(
     let duration = Duration::from_millis(args.duration_ms);
     let every = Duration::from_secs_f64(1.0 / hz.max(0.1));
     let cpu = CpuMeter::start(&stack.pids);
+    let generator_cpu = CpuMeter::start(&[std::process::id()]);
     counting.store(true, Ordering::Relaxed);
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -264,6 +272,7 @@ async fn measure(
     let elapsed = started.elapsed();
     counting.store(false, Ordering::Relaxed);
     let cpu_micros = cpu.elapsed_micros();
+    let generator_micros = generator_cpu.elapsed_micros();
     stop.cancel();
     for receiver in receivers {
         let _ = receiver.await;
@@ -283,6 +292,7 @@ async fn measure(
         p50_us: h.value_at_quantile(0.5) as f64 / 1000.0,
         p99_us: h.value_at_quantile(0.99) as f64 / 1000.0,
         server_cores: cores,
+        generator_cores: generator_micros as f64 / 1e6 / elapsed.as_secs_f64(),
         deliveries_per_core_s: count / (cpu_micros.max(1) as f64 / 1e6),
     })
 }

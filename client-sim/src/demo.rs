@@ -48,6 +48,9 @@ pub struct DemoArgs {
     /// How long to keep trying to reach a gateway that serves logins, in seconds.
     #[arg(long, default_value_t = 60)]
     pub wait_secs: u64,
+    /// Appended to every player's name, so two demos can play in one cluster.
+    #[arg(long, default_value = "")]
+    pub name_suffix: String,
     /// Login secret (when the match server checks tokens).
     #[arg(long, env = "SWITCHYARD_LOGIN_SECRET", hide_env_values = true)]
     pub login_secret: Option<String>,
@@ -138,10 +141,11 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     .take(args.users)
     .enumerate()
     .map(|(i, n)| {
+        let suffix = &args.name_suffix;
         if i < 10 {
-            (*n).to_owned()
+            format!("{n}{suffix}")
         } else {
-            format!("{n}{}", i / 10)
+            format!("{n}{}{suffix}", i / 10)
         }
     })
     .collect();

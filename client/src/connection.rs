@@ -27,8 +27,17 @@ pub struct ClientConfig {
     pub max_frame: usize,
     /// How long a request waits for its response.
     pub request_timeout: Duration,
-    /// Send a heartbeat this often (keeps the gateway's idle timer quiet).
+    /// How long connecting (and the WebSocket handshake) may take: an address whose packets
+    /// go nowhere (a gateway cut off, a host that is down) fails after this, not after the
+    /// operating system's minutes, so the next address is tried.
+    pub connect_timeout: Duration,
+    /// Send a heartbeat this often (keeps the gateway's idle timer quiet; the gateway answers
+    /// each one).
     pub heartbeat: Option<Duration>,
+    /// With heartbeats on: a connection on which nothing arrives for this long (no answer to
+    /// two heartbeats) is taken for dead and closed, as a network that silently stopped
+    /// carrying anything (a cable, a partition) would otherwise never be noticed.
+    pub silence: Duration,
     /// Events buffered before the reader waits for the application (and so stops reading
     /// the socket).
     pub event_buffer: usize,
@@ -45,7 +54,9 @@ impl Default for ClientConfig {
         Self {
             max_frame: wire::DEFAULT_MAX_FRAME,
             request_timeout: Duration::from_secs(10),
-            heartbeat: Some(Duration::from_secs(10)),
+            connect_timeout: Duration::from_secs(3),
+            heartbeat: Some(Duration::from_secs(5)),
+            silence: Duration::from_secs(12),
             event_buffer: 1024,
             local_ip: None,
             redirected: false,
@@ -231,18 +242,32 @@ impl Client {
         address: Address,
         config: ClientConfig,
     ) -> Result<(Client, Events), ClientError> {
-        let (stream, sink) = transport::connect(&address, config.max_frame, config.local_ip)
-            .await
-            .map_err(|e| ClientError::Connect {
+        let connecting = transport::connect(&address, config.max_frame, config.local_ip);
+        let (stream, sink) = match tokio::time::timeout(config.connect_timeout, connecting).await {
+            Ok(connected) => connected.map_err(|e| ClientError::Connect {
                 address: address.to_string(),
                 reason: e.to_string(),
-            })?;
+            })?,
+            Err(_) => {
+                return Err(ClientError::Connect {
+                    address: address.to_string(),
+                    reason: format!("no connection within {:?}", config.connect_timeout),
+                });
+            }
+        };
         let pending: Pending = Arc::default();
         let track = Arc::new(SessionTrack::default());
         let (events_tx, events_rx) = mpsc::channel(config.event_buffer.max(1));
         let sink = Arc::new(tokio::sync::Mutex::new(sink));
-        let reader = tokio::spawn(read_loop(stream, pending.clone(), events_tx, track.clone()))
-            .abort_handle();
+        let silence = config.heartbeat.map(|_| config.silence);
+        let reader = tokio::spawn(read_loop(
+            stream,
+            pending.clone(),
+            events_tx,
+            track.clone(),
+            silence,
+        ))
+        .abort_handle();
         let client = Client {
             sink,
             pending,
@@ -426,9 +451,19 @@ async fn read_loop(
     pending: Pending,
     events: mpsc::Sender<Event>,
     track: Arc<SessionTrack>,
+    silence: Option<Duration>,
 ) {
     let reason = loop {
-        let frame = match stream.next().await {
+        let next = match silence {
+            Some(silence) => match tokio::time::timeout(silence, stream.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    break format!("the gateway went silent (nothing for {silence:?})");
+                }
+            },
+            None => stream.next().await,
+        };
+        let frame = match next {
             None => break "connection closed".to_owned(),
             Some(Err(FrameError::Unsupported(what))) => {
                 debug!(what, "ignoring an unsupported frame");

@@ -231,7 +231,15 @@ impl Session {
                         continue;
                     }
                 };
-            let answer = client.request(route, payload.clone()).await?;
+            // A gateway that takes the connection and then refuses it (fenced off from the
+            // majority, say) is passed over like one that does not answer.
+            let answer = match client.request(route, payload.clone()).await {
+                Ok(answer) => answer,
+                Err(error) => {
+                    failure = error;
+                    continue;
+                }
+            };
             if answer.redirect.is_empty() {
                 let (session, events) = Session::start(config, &addresses, client, events, address);
                 return Ok((session, events, answer));
@@ -395,6 +403,8 @@ enum End {
     },
     /// The connection was lost; the session is held for a resume.
     Dropped(String),
+    /// The gateway was cut off from the majority of the cluster: resume at another one.
+    Partitioned(String),
 }
 
 fn no_address() -> ClientError {
@@ -436,15 +446,17 @@ async fn supervise(
                     "the session moved to another gateway".to_owned(),
                 )
             }
-            End::Dropped(reason) => match client.resume_ticket() {
-                Some(mut ticket) => {
-                    ticket.last_seq = last_seq;
-                    (vec![address.clone()], ticket, reason)
+            End::Dropped(reason) => match resume_ticket(&client, last_seq) {
+                Some(ticket) => (vec![address.clone()], ticket, reason),
+                None => return finish(&shared, &tx, before_login(&reason)).await,
+            },
+            // The other gateways first: this one is tried last (`reconnect` adds it).
+            End::Partitioned(reason) => match resume_ticket(&client, last_seq) {
+                Some(ticket) => {
+                    let others = shared.addresses.iter().filter(|a| **a != address);
+                    (others.cloned().collect(), ticket, reason)
                 }
-                None => {
-                    let reason = format!("{reason} (before login: there is no session to resume)");
-                    return finish(&shared, &tx, reason).await;
-                }
+                None => return finish(&shared, &tx, before_login(&reason)).await,
             },
         };
         set_link(&shared, |_| Some(Link::Down));
@@ -478,6 +490,17 @@ async fn supervise(
             Err(reason) => return finish(&shared, &tx, reason).await,
         }
     }
+}
+
+/// The ticket to resume `client`'s session with, after push `last_seq` (none before login).
+fn resume_ticket(client: &Client, last_seq: u64) -> Option<ResumeTicket> {
+    let mut ticket = client.resume_ticket()?;
+    ticket.last_seq = last_seq;
+    Some(ticket)
+}
+
+fn before_login(reason: &str) -> String {
+    format!("{reason} (before login: there is no session to resume)")
 }
 
 /// Ends the session: the final event.
@@ -553,6 +576,9 @@ async fn watch_connection(
     match kicked {
         Some((code, reason)) if code == ErrorCode::IdleTimeout as u32 => {
             Some(End::Dropped(format!("kicked: {reason}")))
+        }
+        Some((code, reason)) if code == ErrorCode::Partitioned as u32 => {
+            Some(End::Partitioned(format!("kicked: {reason}")))
         }
         Some((code, reason)) => {
             let end = End::Over(format!("kicked by the gateway: {reason} (code {code})"));

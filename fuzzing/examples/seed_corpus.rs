@@ -255,6 +255,9 @@ fn nodes() -> Vec<(&'static str, NodeInfo)> {
         },
         version: "0.1.0".into(),
         started_at_ms: 1_700_000_000_000,
+        admin_addr: Some("127.0.0.1:7202".into()),
+        regular: false,
+        quorum: mesh::QuorumState::Unmanaged,
     };
     let gateway = NodeInfo {
         id: NodeId::new("gateway-1"),
@@ -268,6 +271,9 @@ fn nodes() -> Vec<(&'static str, NodeInfo)> {
         load: Load::default(),
         version: String::new(),
         started_at_ms: 0,
+        admin_addr: None,
+        regular: true,
+        quorum: mesh::QuorumState::Fenced,
     };
     let matcher = NodeInfo {
         id: NodeId::new("match-1"),

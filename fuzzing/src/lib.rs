@@ -13,11 +13,13 @@
 //! - `record`: the gossip record decoder.
 //! - `datagram`: the UDP datagram decoder (tag and payload).
 //! - `mesh_payload`: mesh requests and the typed handlers' payload decoding.
+//! - `quorum_message`: the quorum's JSON mesh messages (Raft, STATUS, REGISTER).
 
 mod codec;
 mod datagram;
 mod envelope;
 mod mesh_payload;
+mod quorum_message;
 mod record;
 mod websocket;
 
@@ -25,5 +27,6 @@ pub use codec::frame_codec;
 pub use datagram::datagram;
 pub use envelope::envelope;
 pub use mesh_payload::mesh_payload;
+pub use quorum_message::quorum_message;
 pub use record::gossip_record;
 pub use websocket::{ws_bytes, ws_frames};

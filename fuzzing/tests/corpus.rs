@@ -39,4 +39,5 @@ corpus_tests!(
     gossip_record,
     datagram,
     mesh_payload,
+    quorum_message,
 );

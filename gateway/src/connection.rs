@@ -49,6 +49,16 @@ pub(crate) async fn serve(
     peer: SocketAddr,
     transport: &'static str,
 ) {
+    if gateway.is_fenced() {
+        refuse(
+            &mut sink,
+            ErrorCode::Partitioned,
+            gateway.partitioned_text(),
+        )
+        .await;
+        ::metrics::counter!(crate::metrics::CONNECTIONS, "transport" => transport, "outcome" => "partitioned").increment(1);
+        return;
+    }
     if !gateway.accepts_new_work() {
         refuse(
             &mut sink,
@@ -61,7 +71,7 @@ pub(crate) async fn serve(
     }
     // A full gateway still takes connections, to redirect them on their first request; with
     // this many more it refuses them outright.
-    let max = gateway.limits.max_sessions;
+    let max = gateway.majority.capacity();
     if max > 0 && gateway.sessions.len() as u64 >= max + max / 4 + 64 {
         refuse(
             &mut sink,

@@ -145,6 +145,21 @@ impl Gateway {
                 async move { GatewayClient::new(channel).kick(kick).await }
             })
             .await;
+        let unanswered = answers
+            .iter()
+            .filter(|a| a.result.as_ref().is_err_and(mesh::MeshError::is_no_answer))
+            .count();
+        let waited = self.wait_for_unanswered_gateways(unanswered).await;
+        if !waited.is_zero() {
+            ::metrics::counter!(crate::metrics::LOGIN_WAITS).increment(1);
+            info!(
+                session = session.id,
+                user,
+                ?waited,
+                unanswered,
+                "the login waited until gateways that did not answer were certainly fenced"
+            );
+        }
         let mut newer_elsewhere = None;
         for answer in answers {
             match answer.result {
@@ -168,6 +183,7 @@ impl Gateway {
             self.sessions.forget_user(session);
             return Err(Refusal::LoggedInElsewhere);
         }
+        session.state().login_pending = false;
         info!(session = session.id, user, "logged in");
         Ok(())
     }

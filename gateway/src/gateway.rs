@@ -17,6 +17,7 @@ use crate::{
     conn::ConnLimits,
     hold::ResumeSettings,
     link::Links,
+    majority::Majority,
     moving::Forwards,
     router::Router,
     session::{Session, SessionLimits},
@@ -79,6 +80,8 @@ pub(crate) struct Gateway {
     pub(crate) detached: AtomicI64,
     /// Users whose session moved away from here, and the queues forwarding their pushes.
     pub(crate) forwards: Forwards,
+    /// Fencing, kept capacity, lost gateways.
+    pub(crate) majority: Majority,
 }
 
 /// Time a gateway has to answer a call forwarded from another gateway.
@@ -96,7 +99,6 @@ impl Gateway {
             mesh,
             sessions: Sessions::default(),
             router: Router::default(),
-            limits,
             tracker: TaskTracker::new(),
             stopping: CancellationToken::new(),
             links: Links::default(),
@@ -105,6 +107,8 @@ impl Gateway {
             resume,
             detached: AtomicI64::new(0),
             forwards: Forwards::default(),
+            majority: Majority::new(limits.max_sessions),
+            limits,
         })
     }
 

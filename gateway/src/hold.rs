@@ -215,6 +215,9 @@ impl Gateway {
                     let epoch = session.epoch();
                     (session, epoch)
                 }
+                Err(ErrorCode::SessionGone) if self.holder_fenced_off(&claims) => {
+                    return self.restart(conn, current, msg_id, &claims).await;
+                }
                 Err(code) => return refuse(code, refusal_text(code)),
             },
         };
@@ -255,6 +258,49 @@ impl Gateway {
         let outcome = if resumption.resumed { "resumed" } else { "gap" };
         ::metrics::counter!(crate::metrics::RESUMES, "outcome" => outcome).increment(1);
         Some(session)
+    }
+
+    /// True when the gateway that issued `claims` is cut off from this gateway's side of the
+    /// cluster, which keeps the majority: not a member here, or fenced.
+    fn holder_fenced_off(&self, claims: &Claims) -> bool {
+        let cluster = self.mesh.cluster();
+        if cluster.quorum() != mesh::QuorumState::Serving {
+            return false;
+        }
+        cluster
+            .node(&NodeId::new(claims.gateway.as_str()))
+            .is_none_or(|holder| holder.quorum == mesh::QuorumState::Fenced)
+    }
+
+    /// A resume whose session is out of reach on a fenced gateway (which ended it when it was
+    /// fenced): the token still proves the user, so the session starts again here, logged in
+    /// (older sessions of the user are kicked as for any login) with nothing else: the answer
+    /// says `resumed: false` and the pushes start again at 1.
+    async fn restart(
+        self: &Arc<Self>,
+        conn: &Arc<Conn>,
+        current: &Arc<Session>,
+        msg_id: u32,
+        claims: &Claims,
+    ) -> Option<Arc<Session>> {
+        if let Err(refusal) = self.login(current, &claims.user).await {
+            ::metrics::counter!(crate::metrics::RESUMES, "outcome" => "restart_refused")
+                .increment(1);
+            conn.send(&envelope::error(msg_id, 0, refusal.code(), refusal.text()));
+            return None;
+        }
+        let mut answer = envelope::response(msg_id, 0, 0, String::new(), bytes::Bytes::new());
+        answer.resumed = Some(Resumed {
+            resumed: false,
+            first_seq: 1,
+            session: Some(self.session_info(current, current.epoch())),
+            user_id: claims.user.clone(),
+        });
+        conn.send(&answer);
+        conn.span.record("user", claims.user.as_str());
+        info!(session = current.id, user = %claims.user, holder = %claims.gateway, "session started again: its gateway is cut off from the majority");
+        ::metrics::counter!(crate::metrics::RESUMES, "outcome" => "restarted").increment(1);
+        Some(current.clone())
     }
 
     /// Takes a session held by another gateway for a resume here: asks the gateway the token

@@ -27,6 +27,7 @@ mod effects;
 mod gateway;
 mod hold;
 mod link;
+mod majority;
 pub mod metrics;
 mod moving;
 mod outbox;
@@ -297,6 +298,9 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<Runni
     };
     let gateway = Gateway::new(node.mesh().clone(), limits, tokens, resume);
     gateway.tracker.spawn(gateway.clone().follow_nodes());
+    gateway
+        .tracker
+        .spawn(gateway.clone().follow_quorum(node.quorum().clone()));
     // Other gateways' hand-overs carry snapshots (replay rings, wills): the same bound as the
     // links' messages, not gRPC's default 4 MiB.
     let service = node.authenticated(

@@ -47,3 +47,7 @@ pub const FORWARDS: &str = "switchyard_gateway_forwards_total";
 /// `full` (refused with GATEWAY_FULL: no gateway had room), or `move_suggested` (a session
 /// was asked to move to the gateway holding most of its room) (counter).
 pub const PLACEMENTS: &str = "switchyard_gateway_placements_total";
+/// Times this gateway was fenced (cut off from the majority) and disconnected every client.
+pub const FENCES: &str = "switchyard_gateway_fences_total";
+/// Logins that waited for a gateway that did not answer to be certainly fenced.
+pub const LOGIN_WAITS: &str = "switchyard_gateway_login_waits_total";

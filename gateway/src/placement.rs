@@ -98,7 +98,7 @@ impl Gateway {
         // This connection already counts among the sessions.
         let me = Gauge {
             sessions: (self.sessions.len() as u64).saturating_sub(1),
-            capacity: self.limits.max_sessions,
+            capacity: self.majority.capacity(),
         };
         let members = self.mesh.cluster().members();
         let others: Vec<(NodeId, Gauge)> = self

@@ -103,6 +103,7 @@ impl Refusal {
             Ok(ErrorCode::BadRequest) => "bad request",
             Ok(ErrorCode::LoginRequired) => Refusal::LoginRequired.text(),
             Ok(ErrorCode::RouteNotFound) => Refusal::RouteNotFound.text(),
+            Ok(ErrorCode::Partitioned) => "the server is cut off from the majority of the cluster",
             _ => Refusal::Internal.text(),
         })
     }

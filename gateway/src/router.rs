@@ -275,6 +275,9 @@ mod tests {
             },
             version: String::new(),
             started_at_ms: 0,
+            admin_addr: None,
+            regular: false,
+            quorum: mesh::QuorumState::Unmanaged,
         }
     }
 

@@ -347,17 +347,24 @@ impl gateway_server::Gateway for GatewayService {
         let mut users: Vec<pb::UserPresence> = request
             .user_ids
             .iter()
-            .map(|user| match gateway.sessions.by_user(user) {
-                Some(session) => pb::UserPresence {
-                    user_id: user.clone(),
-                    online: true,
-                    gateway_node: gateway.node_id.to_string(),
-                    session_id: session.id,
-                },
-                None => pb::UserPresence {
-                    user_id: user.clone(),
-                    ..Default::default()
-                },
+            .map(|user| {
+                match gateway
+                    .sessions
+                    .by_user(user)
+                    // A login still being answered does not count yet (see `login_pending`).
+                    .filter(|s| !s.state().login_pending)
+                {
+                    Some(session) => pb::UserPresence {
+                        user_id: user.clone(),
+                        online: true,
+                        gateway_node: gateway.node_id.to_string(),
+                        session_id: session.id,
+                    },
+                    None => pb::UserPresence {
+                        user_id: user.clone(),
+                        ..Default::default()
+                    },
+                }
             })
             .collect();
         let missing: Vec<String> = users

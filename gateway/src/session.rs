@@ -61,6 +61,10 @@ pub(crate) struct SessionState {
     pub(crate) user: Option<Arc<str>>,
     /// When the user logged in on this session (the order that decides between two logins).
     pub(crate) login: Option<LoginStamp>,
+    /// The login is registered here but not answered yet: the other gateways are being asked
+    /// to kick older sessions of the user (or one that did not answer to be fenced). Presence
+    /// does not count the user here until it is answered.
+    pub(crate) login_pending: bool,
     pub(crate) bindings: Vec<Binding>,
     pub(crate) attributes: HashMap<String, String>,
     /// Nodes to tell when the session closes (besides bound nodes).
@@ -209,6 +213,7 @@ impl Session {
         let state = SessionState {
             user: (!snapshot.user_id.is_empty()).then(|| Arc::from(snapshot.user_id.as_str())),
             login: snapshot.login.as_ref().map(LoginStamp::from_proto),
+            login_pending: false,
             bindings,
             attributes: snapshot.attributes.into_iter().collect(),
             watchers: snapshot.watchers.into_iter().map(NodeId::from).collect(),

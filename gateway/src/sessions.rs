@@ -170,6 +170,7 @@ impl Sessions {
         };
         state.user = Some(user.clone());
         state.login = Some(stamp.clone());
+        state.login_pending = true;
         drop(state);
         let displaced = index
             .by_user

@@ -49,6 +49,11 @@ pub struct Config {
     /// After a match could not be placed, its players are queued again after this long, in ms.
     #[arg(long, env = "SWITCHYARD_RETRY_MS", default_value_t = 1_000)]
     pub retry_ms: u64,
+
+    /// Players held by a gateway that died (or was cut off) leave their queue this long after
+    /// it is gone (ms; the gateways' resume window).
+    #[arg(long, env = "SWITCHYARD_GATEWAY_GRACE_MS", default_value_t = 30_000)]
+    pub gateway_grace_ms: u64,
 }
 
 /// What every route of a match server shares: the queues and the login check.
@@ -197,6 +202,16 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<Match
     let running = server(matchmaker.clone())
         .start(node_config, listeners)
         .await?;
+    let mut lost = running
+        .sdk
+        .gateways_lost(Duration::from_millis(config.gateway_grace_ms));
+    let forgetting = matchmaker.clone();
+    running.sdk.spawn(async move {
+        while let Some(gateway) = lost.recv().await {
+            let users = forgetting.lock().forget_gateway(&gateway);
+            info!(%gateway, left = users.len(), "players held by a lost gateway left the queue");
+        }
+    });
     Ok(MatchServer {
         running,
         matchmaker,

@@ -92,6 +92,24 @@ impl Queues {
         self.cancel(user)
     }
 
+    /// A gateway was lost for good: the users it held leave their queues. Returns them.
+    pub(crate) fn forget_gateway(&mut self, gateway: &NodeId) -> Vec<String> {
+        let mut forgotten = Vec::new();
+        for queue in self.queues.values_mut() {
+            queue.retain(|ticket| {
+                let held = ticket.gateway.as_ref() == Some(gateway);
+                if held {
+                    forgotten.push(ticket.user.clone());
+                }
+                !held
+            });
+        }
+        for user in &forgotten {
+            self.queued.remove(user);
+        }
+        forgotten
+    }
+
     /// A placement ended: its users are no longer being placed.
     pub(crate) fn placed(&mut self, tickets: &[Ticket]) {
         for ticket in tickets {
@@ -181,6 +199,24 @@ mod tests {
 
     fn queues() -> Queues {
         Queues::new(parse_modes("duel=2,trio=3").expect("valid"))
+    }
+
+    #[test]
+    fn players_held_by_a_lost_gateway_leave_their_queues() {
+        let mut q = queues();
+        let at = |user: &str, gateway: &str| Ticket {
+            user: user.into(),
+            gateway: Some(NodeId::new(gateway)),
+        };
+        assert!(q.enqueue("trio", at("a", "g1")).is_ok());
+        assert!(q.enqueue("trio", at("b", "g2")).is_ok());
+        assert!(q.enqueue("duel", at("c", "g1")).is_ok());
+        let mut gone = q.forget_gateway(&NodeId::new("g1"));
+        gone.sort();
+        assert_eq!(gone, ["a", "c"]);
+        // They may queue again (through another gateway); b is still first in line.
+        assert_eq!(q.enqueue("trio", at("a", "g2")), Ok((2, None)));
+        assert!(!q.cancel("c"));
     }
 
     #[test]

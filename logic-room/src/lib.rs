@@ -68,6 +68,12 @@ pub struct Config {
     /// Persistent empty rooms to create at start (lobbies; also handy in demos and tests).
     #[arg(long, env = "SWITCHYARD_PRELOAD_ROOMS", default_value_t = 0)]
     pub preload_rooms: u32,
+
+    /// Members held by a gateway that died (or was cut off) leave their rooms this long after
+    /// it is gone, unless they came back through another gateway and acted meanwhile (ms; the
+    /// gateways' resume window).
+    #[arg(long, env = "SWITCHYARD_GATEWAY_GRACE_MS", default_value_t = 30_000)]
+    pub gateway_grace_ms: u64,
 }
 
 impl Config {
@@ -192,6 +198,15 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<RoomS
     sdk.cluster()
         .update_load(|load| load.capacity = config.max_rooms);
     routes::register_mesh_commands(sdk, &rooms);
+    let mut lost = sdk.gateways_lost(Duration::from_millis(config.gateway_grace_ms));
+    let forgetting = rooms.clone();
+    sdk.spawn(async move {
+        while let Some(gateway) = lost.recv().await {
+            let left = forgetting.gateway_lost(&gateway).await;
+            info!(%gateway, left, "members held by a lost gateway left their rooms");
+            metrics::counter!("switchyard_room_members_forgotten_total").increment(left as u64);
+        }
+    });
     for _ in 0..config.preload_rooms {
         let properties = BTreeMap::from([("kind".to_owned(), "preloaded".to_owned())]);
         if let Err(error) = rooms.create(sdk, 0, properties, true) {

@@ -58,6 +58,12 @@ pub(crate) enum Command {
     Migrate {
         user: String,
     },
+    /// A member held by a gateway lost for good leaves, unless another gateway holds them now
+    /// (they came back and acted here meanwhile). Never travels between servers.
+    Forget {
+        user: String,
+        held_by: NodeId,
+    },
 }
 
 /// A push to some members.
@@ -136,6 +142,17 @@ impl Room {
         let reply = match command {
             Command::Join(member) => self.join(member, &mut outcome),
             Command::Leave { user, reason } => self.leave(&user, reason, &mut outcome),
+            Command::Forget { user, held_by } => {
+                let held = self
+                    .members
+                    .iter()
+                    .any(|m| m.user == user && m.gateway.as_ref() == Some(&held_by));
+                if held {
+                    self.leave(&user, "gateway lost", &mut outcome)
+                } else {
+                    Err(not_a_member())
+                }
+            }
             Command::Op { member, payload } => self.op(member, payload, &mut outcome),
             Command::SetProperties { member, properties } => {
                 self.set_properties(member, properties, &mut outcome)

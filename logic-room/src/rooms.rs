@@ -40,6 +40,9 @@ const FORWARD_IDLE: Duration = Duration::from_secs(10);
 /// A room no server had is not searched for again within this time (short: a server that
 /// joined a moment ago may not be known here yet).
 const MISSING_FOR: Duration = Duration::from_millis(500);
+/// How long ListRooms waits for a room's actor to say who is in it (beyond it, the members are
+/// read from the index, without their gateways).
+const ROSTER_TIMEOUT: Duration = Duration::from_millis(300);
 
 type ReplyTx = oneshot::Sender<Result<Applied, LogicError>>;
 
@@ -64,6 +67,9 @@ enum Msg {
     /// The move ended: forward what is held and what comes to the new host (`Some`), or
     /// apply it here (`None`: the room stays).
     Thaw(Option<NodeId>),
+    /// Who is in the room and which gateway holds each (for the admin API's ListRooms). Not
+    /// a request: answered even while frozen, and the empty-room TTL goes on.
+    Roster(oneshot::Sender<Vec<pb::SnapshotMember>>),
 }
 
 #[derive(Clone)]
@@ -419,6 +425,114 @@ impl Rooms {
         self.lock().rooms.keys().cloned().collect()
     }
 
+    /// Every room hosted here as the cluster admin API lists it (`runtime::admin::LIST_ROOMS`):
+    /// `{"room_id", "host", "members", "gateways"}`, in room id order. Each room's actor is
+    /// asked at once (all concurrently, between the requests it applies); one that does not
+    /// answer within `ROSTER_TIMEOUT` is listed with its members from the index.
+    pub(crate) async fn listing(&self) -> Vec<serde_json::Value> {
+        let mut listed: Vec<(String, Vec<pb::SnapshotMember>)> = Vec::new();
+        for (id, roster) in self.rosters().await {
+            let members = match roster {
+                Some(members) => members,
+                None => match self.members_in_index(&id) {
+                    Some(users) => users
+                        .into_iter()
+                        .map(|user_id| pb::SnapshotMember {
+                            user_id,
+                            gateway_node: String::new(),
+                        })
+                        .collect(),
+                    // Removed meanwhile.
+                    None => continue,
+                },
+            };
+            listed.push((id, members));
+        }
+        listed.sort_by(|a, b| a.0.cmp(&b.0));
+        listed
+            .into_iter()
+            .map(|(room_id, members)| {
+                let gateways: BTreeSet<&str> = members
+                    .iter()
+                    .map(|m| m.gateway_node.as_str())
+                    .filter(|g| !g.is_empty())
+                    .collect();
+                serde_json::json!({
+                    "room_id": room_id,
+                    "host": self.node.as_str(),
+                    "members": members.iter().map(|m| m.user_id.as_str()).collect::<Vec<_>>(),
+                    "gateways": gateways,
+                })
+            })
+            .collect()
+    }
+
+    /// Every room hosted here with its members and their gateways, each room's actor asked at
+    /// once (all concurrently); `None` for a room that did not answer within `ROSTER_TIMEOUT`.
+    async fn rosters(&self) -> Vec<(String, Option<Vec<pb::SnapshotMember>>)> {
+        let handles: Vec<(String, RoomHandle)> = self
+            .lock()
+            .rooms
+            .iter()
+            .map(|(id, handle)| (id.clone(), handle.clone()))
+            .collect();
+        let asks = handles.into_iter().map(|(id, handle)| async move {
+            let (tx, rx) = oneshot::channel();
+            let asked = async {
+                handle.tx.send(Msg::Roster(tx)).await.ok()?;
+                rx.await.ok()
+            };
+            let roster = tokio::time::timeout(ROSTER_TIMEOUT, asked)
+                .await
+                .ok()
+                .flatten();
+            (id, roster)
+        });
+        futures::future::join_all(asks).await
+    }
+
+    /// A gateway was lost for good (see `Sdk::gateways_lost`): the members it still holds
+    /// leave their rooms here (`MemberLeft`, reason `gateway lost`), as if their sessions had
+    /// ended. Returns how many left. A room too busy to show its roster in time is asked about
+    /// every member the index knows (the room itself checks who that gateway holds).
+    pub(crate) async fn gateway_lost(&self, gateway: &NodeId) -> usize {
+        let mut left = 0;
+        for (room, roster) in self.rosters().await {
+            let candidates: Vec<String> = match roster {
+                Some(members) => members
+                    .into_iter()
+                    .filter(|m| m.gateway_node == gateway.as_str())
+                    .map(|m| m.user_id)
+                    .collect(),
+                None => self.members_in_index(&room).unwrap_or_default(),
+            };
+            for user in candidates {
+                let forget = Command::Forget {
+                    user,
+                    held_by: gateway.clone(),
+                };
+                left += usize::from(self.send(&room, forget).await.is_ok());
+            }
+        }
+        left
+    }
+
+    /// The members of a room hosted here as the index knows them; `None` when it is not hosted
+    /// here (any more).
+    fn members_in_index(&self, room_id: &str) -> Option<Vec<String>> {
+        let index = self.lock();
+        index.rooms.contains_key(room_id).then(|| {
+            let mut users: Vec<String> = index
+                .user_rooms
+                .iter()
+                .filter(|(_, rooms)| rooms.contains(room_id))
+                .map(|(user, _)| user.clone())
+                .collect();
+            users.sort();
+            users
+        })
+    }
+
     /// Every member of every room, once each room has applied the commands queued before
     /// this call (joins included).
     pub(crate) async fn members(&self) -> Vec<String> {
@@ -706,8 +820,9 @@ fn to_wire(room_id: &str, command: &Command, hops: u32) -> pb::RoomCommand {
             Some(Member::new(user.clone(), None)),
             "",
         ),
-        // Info (and Close, which never travels: a server closes only its own rooms).
-        Command::Info | Command::Close { .. } => (
+        // Info (and Close and Forget, which never travel: a server closes only its own rooms,
+        // and forgets only its own rooms' members).
+        Command::Info | Command::Close { .. } | Command::Forget { .. } => (
             routes::MEMBERS,
             pb::RoomRef { room_id }.encode_to_vec(),
             None,
@@ -811,11 +926,15 @@ async fn run_room(
     }
     let mut held: VecDeque<(Command, ReplyTx)> = VecDeque::new();
     let mut frozen = false;
+    // When an empty room goes; every message but a roster starts the TTL over.
+    let mut expires: Option<tokio::time::Instant> = None;
     loop {
         let next = if !frozen && room.is_empty() && !room.persistent {
+            let at = *expires
+                .get_or_insert_with(|| tokio::time::Instant::now() + rooms.settings.empty_ttl);
             tokio::select! {
                 next = inbox.recv() => next,
-                _ = tokio::time::sleep(rooms.settings.empty_ttl) => {
+                _ = tokio::time::sleep_until(at) => {
                     rooms.remove(&sdk, &room.id);
                     info!(room = %room.id, "empty room removed");
                     return;
@@ -825,7 +944,14 @@ async fn run_room(
             inbox.recv().await
         };
         let Some(msg) = next else { return };
+        // Listing a room is not activity: its empty-room TTL goes on.
+        if !matches!(msg, Msg::Roster(_)) {
+            expires = None;
+        }
         match msg {
+            Msg::Roster(reply) => {
+                let _ = reply.send(snapshot_now(&room, &sdk, 0).members);
+            }
             Msg::Apply(command, reply) if frozen => held.push_back((command, reply)),
             Msg::Apply(command, reply) => match serve(&mut room, command, reply, &rooms, &sdk) {
                 Next::Serve => {}
@@ -875,8 +1001,13 @@ fn begin_move(room: &Room, sdk: &Sdk) -> pb::RoomSnapshot {
     if let Some(push) = room.to_all(routes::PUSH_ROOM_MIGRATE_START, &start) {
         sdk.push_ordered(push.to, push.route, push.payload);
     }
-    let mut snapshot = room.snapshot(rand::random::<u64>().max(1));
-    // A member who moved to another gateway: the new host pushes there at once.
+    snapshot_now(room, sdk, rand::random::<u64>().max(1))
+}
+
+/// The room's state with each member's gateway as it is now: one who moved to another gateway
+/// is there (the new host of a moved room pushes there at once).
+fn snapshot_now(room: &Room, sdk: &Sdk, move_id: u64) -> pb::RoomSnapshot {
+    let mut snapshot = room.snapshot(move_id);
     for member in &mut snapshot.members {
         if let Some(gateway) = sdk.moved_to(&member.user_id) {
             member.gateway_node = gateway.to_string();

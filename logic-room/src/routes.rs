@@ -184,6 +184,19 @@ pub(crate) fn register_mesh_commands(sdk: &Sdk, rooms: &Arc<Rooms>) {
         let adopted = state.adopt(&handle, snapshot).map_err(handler_error);
         async move { adopted }
     });
+    let state = rooms.clone();
+    mesh.handle(runtime::admin::LIST_ROOMS, move |_, _| {
+        let state = state.clone();
+        async move { list_rooms(&state).await }
+    });
+}
+
+/// The cluster admin API's ListRooms (`runtime::admin::LIST_ROOMS`): the rooms hosted here, as
+/// a JSON array.
+async fn list_rooms(rooms: &Rooms) -> Result<Bytes, HandlerError> {
+    serde_json::to_vec(&rooms.listing().await)
+        .map(Bytes::from)
+        .map_err(|e| HandlerError::new(HandlerError::INTERNAL, e.to_string()))
 }
 
 /// 0x1105: a room request another room server took from a client, for a room hosted here.

@@ -383,6 +383,41 @@ impl Sdk {
         self.cluster().self_id()
     }
 
+    /// Gateways lost for good: each one that went silent while online (it crashed, or a
+    /// partition cut it off; a drained gateway hands its sessions on and is not reported) and
+    /// is still not a member `grace` later. Its sessions never said goodbye here: a server
+    /// forgets the users that gateway still holds for it (room members, queued players), as
+    /// the gateway would have told it when their resume window ended. A user who came back
+    /// through another gateway within the grace (and acted here) is held by that one.
+    pub fn gateways_lost(&self, grace: Duration) -> mpsc::UnboundedReceiver<NodeId> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let cluster = self.cluster().clone();
+        let mut events = cluster.subscribe();
+        let tasks = self.tasks.clone();
+        self.spawn(async move {
+            loop {
+                let node = match events.recv().await {
+                    Ok(mesh::NodeEvent::Gone(node)) => node,
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                if node.kind.as_str() != NodeKind::GATEWAY || node.state != mesh::NodeState::Online
+                {
+                    continue;
+                }
+                let (cluster, tx) = (cluster.clone(), tx.clone());
+                tasks.spawn(async move {
+                    tokio::time::sleep(grace).await;
+                    if cluster.node(&node.id).is_none() {
+                        warn!(gateway = %node.id, ?grace, "gateway lost: forgetting the users it held");
+                        let _ = tx.send(node.id);
+                    }
+                });
+            }
+        });
+        rx
+    }
+
     /// Pushes one message to users, one call per gateway whatever the number of users: the
     /// gateways of recipients whose gateway is known, and every gateway when one is not.
     pub async fn push(

@@ -300,6 +300,14 @@ impl<S: Clone + Send + Sync + 'static> Handle for LogicService<S> {
                 "route not served by this node",
             )));
         };
+        // Cut off from the majority: serving nobody (a gateway that still reaches this node
+        // is on the wrong side of an uneven partition).
+        if self.sdk.cluster().is_fenced() {
+            return Box::pin(std::future::ready(status(
+                ErrorCode::Partitioned,
+                "this server is cut off from the majority of the cluster",
+            )));
+        }
         let user_id = (!request.user_id.is_empty()).then_some(request.user_id);
         if !route.public && user_id.is_none() {
             return Box::pin(std::future::ready(status(

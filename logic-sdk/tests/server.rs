@@ -205,3 +205,76 @@ async fn the_session_closed_hook_receives_the_state() {
         .clone();
     assert_eq!(closed, vec!["dee".to_owned()]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logic_server_cut_off_from_the_majority_serves_nobody() {
+    // Two regular nodes (the caller and `other`); the logic server is temporary.
+    let regular = |id: &str, seeds: &[SocketAddr]| {
+        let mut config = config(id, "caller", seeds);
+        config.quorum.regular = true;
+        config
+    };
+    let mut first = regular("fenced-caller", &[]);
+    first.quorum.init = vec!["fenced-caller".into(), "fenced-other".into()];
+    let mut caller = Node::start(first, Listeners::loopback().await.expect("bind"), |_| {})
+        .await
+        .expect("caller starts");
+    caller.serve(|routes| routes).await.expect("caller serves");
+    let seed = [caller.addrs().gossip];
+    let mut other = Node::start(
+        regular("fenced-other", &seed),
+        Listeners::loopback().await.expect("bind"),
+        |_| {},
+    )
+    .await
+    .expect("other starts");
+    other.serve(|routes| routes).await.expect("other serves");
+    let counter = Arc::new(Counter::default());
+    let logic = LogicServer::with_state("counter", counter.clone())
+        .handle(COUNT, count)
+        .start(
+            config("fenced-logic", "counter", &seed),
+            Listeners::loopback().await.expect("bind"),
+        )
+        .await
+        .expect("logic server starts");
+    let serving = mesh::QuorumState::Serving;
+    eventually("everyone serves", Duration::from_secs(10), || {
+        caller.quorum().status().state == serving
+            && logic.sdk.cluster().self_info().quorum == serving
+    })
+    .await;
+    let channel = caller
+        .mesh()
+        .peer_channel(&logic.sdk.node_id())
+        .expect("a member");
+    let call = || {
+        let mut client = LogicClient::new(channel.clone());
+        async move {
+            let request = pb::LogicRequest {
+                route: COUNT,
+                payload: room_ref("any").into(),
+                session_id: 7,
+                user_id: "ann".into(),
+                gateway_node: "gw".into(),
+                attributes: HashMap::new(),
+            };
+            client.handle(request).await.expect("answered").into_inner()
+        }
+    };
+    assert_eq!(call().await.status, 0);
+
+    // `other` dies: one regular node of two is no majority.
+    other.abort().await;
+    eventually("the logic server is fenced", Duration::from_secs(6), || {
+        logic.sdk.cluster().is_fenced()
+    })
+    .await;
+    let refused = call().await;
+    assert_eq!(refused.status, ErrorCode::Partitioned as u32, "{refused:?}");
+    assert_eq!(
+        counter.count.load(Ordering::Relaxed),
+        1,
+        "the handler did not run"
+    );
+}

@@ -93,6 +93,9 @@ mod tests {
             },
             version: "1".into(),
             started_at_ms: 1,
+            admin_addr: None,
+            regular: false,
+            quorum: Default::default(),
         }
     }
 

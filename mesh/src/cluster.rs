@@ -4,7 +4,7 @@ use std::{
     collections::HashSet,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU8, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -17,7 +17,7 @@ use crate::{
     change::{self, NodeEvent},
     membership::{Members, Membership},
     metrics,
-    node::{Load, NodeId, NodeInfo, NodeKind, NodeState},
+    node::{Load, NodeId, NodeInfo, NodeKind, NodeState, QuorumState},
 };
 
 /// How many node events a slow subscriber may fall behind before it sees `Lagged`.
@@ -36,6 +36,8 @@ struct Inner {
     members: watch::Receiver<Arc<Members>>,
     events: broadcast::Sender<NodeEvent>,
     in_flight: AtomicU64,
+    /// `me.quorum`, readable without the lock (0 unmanaged, 1 serving, 2 fenced).
+    quorum: AtomicU8,
     /// Serialises publishes so an older record never overwrites a newer one.
     publishing: tokio::sync::Mutex<()>,
 }
@@ -59,6 +61,7 @@ impl Cluster {
                 members,
                 events,
                 in_flight: AtomicU64::new(0),
+                quorum: AtomicU8::new(0),
                 publishing: tokio::sync::Mutex::new(()),
             }),
         };
@@ -160,10 +163,24 @@ impl Cluster {
     }
 
     /// True when this node takes new work: new clients, rooms, placements, bindings. The one
-    /// place that decides it (today: online, not draining), so every server asks the same
-    /// question the same way.
+    /// place that decides it (online: not draining, and not fenced off from the majority), so
+    /// every server asks the same question the same way.
     pub fn accepts_new_work(&self) -> bool {
-        self.is_self_online()
+        self.is_self_online() && !self.is_fenced()
+    }
+
+    /// Where this node stands with the majority (lock-free: asked on every routed call).
+    pub fn quorum(&self) -> QuorumState {
+        match self.inner.quorum.load(Ordering::Relaxed) {
+            1 => QuorumState::Serving,
+            2 => QuorumState::Fenced,
+            _ => QuorumState::Unmanaged,
+        }
+    }
+
+    /// True when this node is cut off from the majority of the regular nodes.
+    pub fn is_fenced(&self) -> bool {
+        self.quorum() == QuorumState::Fenced
     }
 
     /// True when this node is online and part of a cluster: what `/readyz` reports.
@@ -209,6 +226,24 @@ impl Cluster {
         self.lock_me().state = NodeState::Offline;
         self.publish().await;
         info!(node = %self.self_id(), "node is offline: draining");
+    }
+
+    /// Publishes where this node stands with the majority (unchanged: nothing is sent).
+    pub async fn set_quorum(&self, quorum: QuorumState) {
+        {
+            let mut me = self.lock_me();
+            if me.quorum == quorum {
+                return;
+            }
+            me.quorum = quorum;
+            let code = match quorum {
+                QuorumState::Unmanaged => 0,
+                QuorumState::Serving => 1,
+                QuorumState::Fenced => 2,
+            };
+            self.inner.quorum.store(code, Ordering::Relaxed);
+        }
+        self.publish().await;
     }
 
     /// Comes back online after a cancelled drain: peers send new work again.
@@ -355,6 +390,9 @@ pub fn new_record(
         load: Load::default(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         started_at_ms,
+        admin_addr: None,
+        regular: false,
+        quorum: QuorumState::Unmanaged,
     }
 }
 

@@ -66,12 +66,18 @@ pub enum MeshError {
 }
 
 impl MeshError {
-    /// Whether a reliable send should try the node again (the message may not have arrived).
-    pub(crate) fn is_retryable(&self) -> bool {
+    /// The node gave no answer (no reply in time, or the connection failed): it may be slow,
+    /// cut off or gone. Any other error is an answer.
+    pub fn is_no_answer(&self) -> bool {
         matches!(
             self,
             MeshError::Timeout { .. } | MeshError::Transport { .. }
         )
+    }
+
+    /// Whether a reliable send should try the node again (the message may not have arrived).
+    pub(crate) fn is_retryable(&self) -> bool {
+        self.is_no_answer()
     }
 
     /// Short label for metrics.

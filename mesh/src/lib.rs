@@ -44,7 +44,7 @@ pub use error::{HandlerError, MeshError};
 pub use fanout::Answer;
 pub use handler::MeshContext;
 pub use mesh::{Delivery, Mesh, MeshSettings, UnreliableReport, command};
-pub use node::{Load, NodeId, NodeInfo, NodeKind, NodeState};
+pub use node::{Load, NodeId, NodeInfo, NodeKind, NodeState, QuorumState};
 pub use pool::PeerChannel;
 pub use retry::{MAX_ATTEMPTS, retrying_unprocessed, unprocessed};
 pub use service::{MeshGrpcService, MeshService};

@@ -108,6 +108,39 @@ impl fmt::Display for NodeState {
     }
 }
 
+/// Where a node stands with the cluster's majority (see the `quorum` crate).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum QuorumState {
+    /// No configuration of regular nodes exists (or none is known here): every node serves.
+    #[default]
+    Unmanaged,
+    /// In touch with a majority of the regular nodes: serving.
+    Serving,
+    /// Cut off from the majority: serving nobody until back in touch.
+    Fenced,
+}
+
+impl QuorumState {
+    /// The lowercase name used in records, logs and the admin API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QuorumState::Unmanaged => "unmanaged",
+            QuorumState::Serving => "serving",
+            QuorumState::Fenced => "fenced",
+        }
+    }
+
+    /// Parses [`QuorumState::as_str`]'s names.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "unmanaged" => Some(QuorumState::Unmanaged),
+            "serving" => Some(QuorumState::Serving),
+            "fenced" => Some(QuorumState::Fenced),
+            _ => None,
+        }
+    }
+}
+
 /// Load figures a node publishes at least every second; routing and placement read them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Load {
@@ -146,12 +179,18 @@ pub struct NodeInfo {
     pub version: String,
     /// Start time, in milliseconds since the Unix epoch.
     pub started_at_ms: u64,
+    /// The node's admin HTTP address (`host:port`), for operators and the admin API's redirects.
+    pub admin_addr: Option<String>,
+    /// A regular node counts toward the cluster's majority; a temporary one never does.
+    pub regular: bool,
+    /// Whether the node is in touch with the majority.
+    pub quorum: QuorumState,
 }
 
 impl NodeInfo {
-    /// True when the node accepts new work.
+    /// True when the node accepts new work: online, and not fenced off from the majority.
     pub fn is_online(&self) -> bool {
-        self.state == NodeState::Online
+        self.state == NodeState::Online && self.quorum != QuorumState::Fenced
     }
 
     /// True when the node announces `route` among the routes it serves.

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use crate::node::{Load, NodeId, NodeInfo, NodeKind, NodeState};
+use crate::node::{Load, NodeId, NodeInfo, NodeKind, NodeState, QuorumState};
 
 /// Record keys. Short, because every key travels in every gossip delta.
 pub(crate) mod key {
@@ -17,6 +17,9 @@ pub(crate) mod key {
     pub(crate) const LOAD: &str = "load";
     pub(crate) const VERSION: &str = "version";
     pub(crate) const STARTED: &str = "started";
+    pub(crate) const ADMIN: &str = "admin";
+    pub(crate) const ROLE: &str = "role";
+    pub(crate) const QUORUM: &str = "quorum";
 }
 
 /// The `state` value a node publishes just before it leaves: peers drop it at once.
@@ -54,7 +57,15 @@ pub(crate) fn encode(info: &NodeInfo) -> Vec<(&'static str, String)> {
         (key::LOAD, encode_load(&info.load)),
         (key::VERSION, info.version.clone()),
         (key::STARTED, info.started_at_ms.to_string()),
+        (
+            key::ROLE,
+            if info.regular { "regular" } else { "temporary" }.to_owned(),
+        ),
+        (key::QUORUM, info.quorum.as_str().to_owned()),
     ];
+    if let Some(admin) = &info.admin_addr {
+        kv.push((key::ADMIN, admin.clone()));
+    }
     if let Some(client) = &info.client_addr {
         kv.push((key::CLIENT, client.clone()));
     }
@@ -101,6 +112,14 @@ pub(crate) fn decode<'a>(
     let load_value = required(key::LOAD)?;
     let load = decode_load(load_value).ok_or_else(|| bad(key::LOAD, load_value))?;
     let started = required(key::STARTED)?;
+    // Absent in records of older versions: a temporary node with no configuration.
+    let regular = match get(key::ROLE).unwrap_or("temporary") {
+        "regular" => true,
+        "temporary" => false,
+        other => return Err(bad(key::ROLE, other)),
+    };
+    let quorum_value = get(key::QUORUM).unwrap_or("unmanaged");
+    let quorum = QuorumState::parse(quorum_value).ok_or_else(|| bad(key::QUORUM, quorum_value))?;
     Ok(Decoded::Member(Box::new(NodeInfo {
         id: NodeId::new(id),
         kind: NodeKind::new(required(key::KIND)?),
@@ -113,6 +132,9 @@ pub(crate) fn decode<'a>(
         load,
         version: get(key::VERSION).unwrap_or("").to_owned(),
         started_at_ms: started.parse().map_err(|_| bad(key::STARTED, started))?,
+        admin_addr: get(key::ADMIN).map(str::to_owned),
+        regular,
+        quorum,
     })))
 }
 
@@ -168,6 +190,9 @@ mod tests {
             },
             version: "0.1.0".into(),
             started_at_ms: 1_700_000_000_000,
+            admin_addr: Some("127.0.0.1:7202".into()),
+            regular: true,
+            quorum: QuorumState::Serving,
         }
     }
 

@@ -72,9 +72,9 @@ pub struct NodeArgs {
     #[arg(long, env = "SWITCHYARD_DRAIN_GRACE_MS", default_value_t = 10_000)]
     pub drain_grace_ms: u64,
 
-    /// Bearer token of the admin HTTP endpoint's drain operations (`POST /admin/drain`,
-    /// `/admin/undrain`); unset: they are refused. The gRPC `Admin` service takes the cluster
-    /// credential instead.
+    /// Bearer token of the admin HTTP endpoint's operations (drain, undrain and the cluster
+    /// operations under `/admin/cluster/`; see docs/ADMIN.md); unset: they are refused. The
+    /// gRPC `Admin` service takes the cluster credential instead.
     #[arg(long, env = "SWITCHYARD_ADMIN_TOKEN")]
     pub admin_token: Option<String>,
 
@@ -96,10 +96,43 @@ pub struct NodeArgs {
     )]
     pub runtime_flavor: crate::RuntimeFlavor,
 
+    /// `regular`: this node keeps the cluster configuration (Raft) and counts toward the
+    /// majority; `temporary`: it comes and goes and never counts. Once a configuration exists
+    /// (see `--init-cluster`), a node out of touch with the majority of the regular nodes stops
+    /// serving.
+    #[arg(long, env = "SWITCHYARD_ROLE", value_enum, default_value_t)]
+    pub role: Role,
+
+    /// Form the cluster configuration from these regular node ids (comma-separated) once every
+    /// one is a member. Give it to one node only; or call the admin API's InitCluster.
+    #[arg(long, env = "SWITCHYARD_INIT_CLUSTER", value_delimiter = ',')]
+    pub init_cluster: Vec<String>,
+
+    /// Where a regular node keeps its Raft log and vote, so that it restarts as the same
+    /// member (the whole cluster may restart); unset: in memory (a restarted regular node is
+    /// caught up by the leader, but forgets its vote).
+    #[arg(long, env = "SWITCHYARD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// A node out of touch with the majority of the regular nodes for this long stops serving
+    /// (ms). Keep it above what replacing a dead Raft leader takes (up to about 2.5 s).
+    #[arg(long, env = "SWITCHYARD_FENCE_AFTER_MS", default_value_t = 3500)]
+    pub fence_after_ms: u64,
+
     /// Once serving, write the node's id and bound addresses (`key=value` lines) to this file.
     /// Lets scripts and tests use port 0.
     #[arg(long, env = "SWITCHYARD_READY_FILE")]
     pub ready_file: Option<PathBuf>,
+}
+
+/// Whether a node counts toward the cluster's majority.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Role {
+    /// Comes and goes; never counts toward the majority.
+    #[default]
+    Temporary,
+    /// Keeps the cluster configuration (Raft) and counts toward the majority.
+    Regular,
 }
 
 /// Default listen addresses, chosen by each binary.
@@ -156,6 +189,8 @@ pub struct NodeConfig {
     pub admin_token: Option<String>,
     /// Where to write bound addresses once serving.
     pub ready_file: Option<PathBuf>,
+    /// Regular or temporary, the configuration to form, the fence time.
+    pub quorum: quorum::Settings,
 }
 
 impl NodeConfig {
@@ -174,6 +209,7 @@ impl NodeConfig {
             drain_overrun: Duration::ZERO,
             admin_token: None,
             ready_file: None,
+            quorum: quorum::Settings::new("switchyard", false),
         }
     }
 }
@@ -212,6 +248,17 @@ impl NodeArgs {
             drain_overrun: Duration::ZERO,
             admin_token: self.admin_token.clone().filter(|t| !t.is_empty()),
             ready_file: self.ready_file.clone(),
+            quorum: quorum::Settings {
+                init: self
+                    .init_cluster
+                    .iter()
+                    .filter(|s| !s.is_empty())
+                    .cloned()
+                    .collect(),
+                fence_after: Duration::from_millis(self.fence_after_ms.max(500)),
+                data_dir: self.data_dir.clone(),
+                ..quorum::Settings::new(self.cluster_id.clone(), self.role == Role::Regular)
+            },
         }
     }
 

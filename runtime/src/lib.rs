@@ -9,12 +9,17 @@
 //! # Layout
 //! - [`config`]: [`NodeArgs`] (command line and environment) and [`NodeConfig`].
 //! - [`node`]: [`Node`]: joins the cluster, serves gRPC, runs the shutdown sequence.
-//! - `admin`: `/metrics`, `/healthz`, `/readyz`.
+//! - [`admin`]: the admin HTTP endpoint: `/metrics`, `/healthz`, `/readyz`, drain, and the
+//!   cluster admin API (`/admin/cluster/…`); [`admin::LIST_ROOMS`], the mesh command its
+//!   ListRooms asks.
+//! - `cluster_admin`: the cluster admin operations and their refusals, shared by the HTTP
+//!   endpoint and the gRPC `Admin` service.
 //! - [`flavor`]: [`RuntimeFlavor`], the tokio runtime a binary runs on.
 //! - [`telemetry`]: log subscriber and Prometheus recorder.
 //! - [`signal`]: SIGTERM/SIGINT, for `main` only.
 
-mod admin;
+pub mod admin;
+mod cluster_admin;
 pub mod config;
 pub mod drain;
 pub mod flavor;
@@ -22,7 +27,8 @@ pub mod node;
 pub mod signal;
 pub mod telemetry;
 
-pub use config::{ListenDefaults, LogFormat, NodeArgs, NodeConfig};
+pub use config::{ListenDefaults, LogFormat, NodeArgs, NodeConfig, Role};
 pub use drain::{Drain, DrainControl, DrainState, Held};
 pub use flavor::RuntimeFlavor;
 pub use node::{BoundAddrs, Listeners, Node, StartError};
+pub use quorum::{Quorum, QuorumStatus};

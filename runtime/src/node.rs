@@ -19,11 +19,13 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use tracing::{info, warn};
 
 use proto::admin::v1::{self as admin_pb, admin_server::AdminServer};
+use quorum::Quorum;
 
 use crate::{
     admin,
+    cluster_admin::{AdminError, ClusterAdmin, grace},
     config::NodeConfig,
-    drain::{Drain, DrainControl, DrainStatus},
+    drain::{Drain, DrainControl},
     telemetry,
 };
 
@@ -54,6 +56,9 @@ pub enum StartError {
     /// Gossip could not start.
     #[error("cannot start gossip membership: {0}")]
     Gossip(std::io::Error),
+    /// Raft could not start.
+    #[error("cannot start the cluster configuration: {0}")]
+    Quorum(quorum::QuorumError),
     /// The ready file could not be written.
     #[error("cannot write the ready file: {0}")]
     ReadyFile(std::io::Error),
@@ -134,6 +139,7 @@ pub struct Node {
     credential: Credential,
     cluster: Cluster,
     mesh: Mesh,
+    quorum: Quorum,
     health: HealthReporter,
     addrs: BoundAddrs,
     listeners: Option<(TcpListener, TcpListener)>,
@@ -177,6 +183,8 @@ impl Node {
             SocketAddr::new(host, grpc_local.port()),
             SocketAddr::new(host, datagram_local.port()),
         );
+        me.admin_addr = Some(SocketAddr::new(host, admin.port()).to_string());
+        me.regular = config.quorum.regular;
         prepare(&mut me);
         wait_for_seed_names(&config.gossip.seeds).await;
         let membership = GossipMembership::start(&config.gossip, &me, listeners.gossip)
@@ -205,6 +213,15 @@ impl Node {
             stop.clone(),
             &tracker,
         );
+        let quorum = Quorum::start(
+            cluster.clone(),
+            mesh.clone(),
+            config.quorum.clone(),
+            stop.clone(),
+            &tracker,
+        )
+        .await
+        .map_err(StartError::Quorum)?;
         let (health, _) = tonic_health::server::health_reporter();
         info!(node = %me.id, kind = %me.kind, grpc = %me.grpc_addr, %gossip, %admin, "node joined the cluster");
         Ok(Self {
@@ -212,6 +229,7 @@ impl Node {
             credential,
             cluster,
             mesh,
+            quorum,
             health,
             addrs: BoundAddrs {
                 grpc: me.grpc_addr,
@@ -233,6 +251,11 @@ impl Node {
     /// This node's mesh.
     pub fn mesh(&self) -> &Mesh {
         &self.mesh
+    }
+
+    /// This node's part in the cluster configuration: regular or temporary, serving or fenced.
+    pub fn quorum(&self) -> &Quorum {
+        &self.quorum
     }
 
     /// Where the server's own background tasks go, so they stop with the node.
@@ -271,8 +294,7 @@ impl Node {
             .build_v1()
             .expect("the embedded descriptor set is valid");
         let admin_service = self.authenticated(AdminServer::new(AdminService {
-            node: self.cluster.clone(),
-            drains: self.drains.clone(),
+            ops: self.cluster_admin(),
         }));
         let routes = Routes::new(self.mesh.grpc_service())
             .add_service(health_service)
@@ -303,13 +325,23 @@ impl Node {
         self.tracker.spawn(admin::serve(
             admin,
             admin::AdminState {
-                cluster: self.cluster.clone(),
+                ops: self.cluster_admin(),
                 metrics: telemetry::metrics(),
-                drains: self.drains.clone(),
                 token: self.config.admin_token.clone(),
             },
             self.stop.clone(),
         ));
+    }
+
+    /// The cluster admin operations, for the admin endpoint and the gRPC `Admin` service.
+    fn cluster_admin(&self) -> ClusterAdmin {
+        ClusterAdmin {
+            cluster: self.cluster.clone(),
+            mesh: self.mesh.clone(),
+            quorum: self.quorum.clone(),
+            drains: self.drains.clone(),
+            gossip: self.addrs.gossip,
+        }
     }
 
     fn write_ready_file(&self) -> Result<(), StartError> {
@@ -468,31 +500,25 @@ impl Node {
     }
 }
 
-/// The gRPC `Admin` service: drain, undrain, status (with the cluster credential).
+/// The gRPC `Admin` service (with the cluster credential): this node's drain, and the cluster
+/// admin operations, translated from and to messages (see `cluster_admin`).
 struct AdminService {
-    node: Cluster,
-    drains: DrainControl,
+    ops: ClusterAdmin,
 }
 
-impl AdminService {
-    fn status(&self, status: DrainStatus) -> admin_pb::DrainStatus {
-        admin_status(&self.node, status)
-    }
+type Answer<T> = Result<tonic::Response<T>, tonic::Status>;
+
+/// A cluster operation's answer as a gRPC response (a refusal carries its code and, for one
+/// that runs elsewhere, where).
+fn answer<T: Into<U>, U>(result: Result<T, AdminError>) -> Answer<U> {
+    result
+        .map(|ok| tonic::Response::new(ok.into()))
+        .map_err(tonic::Status::from)
 }
 
-/// A drain status as the admin API reports it.
-pub(crate) fn admin_status(cluster: &Cluster, status: DrainStatus) -> admin_pb::DrainStatus {
-    let load = cluster
-        .members()
-        .get(&cluster.self_id())
-        .map(|n| n.load)
-        .unwrap_or_default();
-    admin_pb::DrainStatus {
-        node_id: cluster.self_id().to_string(),
-        state: status.state.as_str().to_owned(),
-        grace_left_ms: status.grace_left.as_millis() as u64,
-        holding: load.sessions + load.rooms,
-    }
+/// A cluster operation that answers nothing but success, as a gRPC response.
+fn done<U: Default>(result: Result<(), AdminError>) -> Answer<U> {
+    answer(result.map(|()| U::default()))
 }
 
 #[tonic::async_trait]
@@ -500,27 +526,75 @@ impl admin_pb::admin_server::Admin for AdminService {
     async fn drain(
         &self,
         request: tonic::Request<admin_pb::DrainRequest>,
-    ) -> Result<tonic::Response<admin_pb::DrainStatus>, tonic::Status> {
-        let grace_ms = request.into_inner().grace_ms;
-        let grace = (grace_ms > 0).then(|| Duration::from_millis(grace_ms));
-        Ok(tonic::Response::new(self.status(self.drains.drain(grace))))
+    ) -> Answer<admin_pb::DrainStatus> {
+        let grace = grace(request.into_inner().grace_ms);
+        Ok(tonic::Response::new(self.ops.drain_here(grace)))
     }
 
     async fn undrain(
         &self,
         _: tonic::Request<admin_pb::UndrainRequest>,
-    ) -> Result<tonic::Response<admin_pb::DrainStatus>, tonic::Status> {
-        self.drains
-            .undrain()
-            .map(|status| tonic::Response::new(self.status(status)))
-            .map_err(|refused| tonic::Status::failed_precondition(refused.to_string()))
+    ) -> Answer<admin_pb::DrainStatus> {
+        answer(self.ops.undrain_here())
     }
 
     async fn status(
         &self,
         _: tonic::Request<admin_pb::StatusRequest>,
-    ) -> Result<tonic::Response<admin_pb::DrainStatus>, tonic::Status> {
-        Ok(tonic::Response::new(self.status(self.drains.status())))
+    ) -> Answer<admin_pb::DrainStatus> {
+        Ok(tonic::Response::new(
+            self.ops.drain_status(self.ops.drains.status()),
+        ))
+    }
+
+    async fn init_cluster(
+        &self,
+        request: tonic::Request<admin_pb::InitClusterRequest>,
+    ) -> Answer<admin_pb::InitClusterResponse> {
+        done(self.ops.init(&request.into_inner().nodes).await)
+    }
+
+    async fn register_node(
+        &self,
+        request: tonic::Request<admin_pb::RegisterNodeRequest>,
+    ) -> Answer<admin_pb::RegisterNodeResponse> {
+        done(self.ops.register(&request.into_inner().contact).await)
+    }
+
+    async fn purge_node(
+        &self,
+        request: tonic::Request<admin_pb::PurgeNodeRequest>,
+    ) -> Answer<admin_pb::PurgeNodeResponse> {
+        done(self.ops.purge(&request.into_inner().node).await)
+    }
+
+    async fn list_nodes(
+        &self,
+        _: tonic::Request<admin_pb::ListNodesRequest>,
+    ) -> Answer<admin_pb::ListNodesResponse> {
+        Ok(tonic::Response::new(self.ops.nodes().into()))
+    }
+
+    async fn list_rooms(
+        &self,
+        _: tonic::Request<admin_pb::ListRoomsRequest>,
+    ) -> Answer<admin_pb::ListRoomsResponse> {
+        Ok(tonic::Response::new(self.ops.rooms().await.into()))
+    }
+
+    async fn drain_node(
+        &self,
+        request: tonic::Request<admin_pb::DrainNodeRequest>,
+    ) -> Answer<admin_pb::DrainStatus> {
+        let request = request.into_inner();
+        answer(self.ops.drain(&request.node, grace(request.grace_ms)))
+    }
+
+    async fn undrain_node(
+        &self,
+        request: tonic::Request<admin_pb::UndrainNodeRequest>,
+    ) -> Answer<admin_pb::DrainStatus> {
+        answer(self.ops.undrain(&request.into_inner().node))
     }
 }
 

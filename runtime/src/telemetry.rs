@@ -14,8 +14,18 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 
 /// Installs the log subscriber (filter from `RUST_LOG`, default `info`). Later calls do nothing.
+///
+/// openraft's own logs are off unless `RUST_LOG` names it: it logs every unanswered heartbeat
+/// of a partition as an error, and the `quorum` crate logs what matters (fenced, serving,
+/// configuration changes).
 pub fn init_logs(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let directives = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned());
+    let directives = if directives.contains("openraft") {
+        directives
+    } else {
+        format!("{directives},openraft=off")
+    };
+    let filter = EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
     // `try_init` fails only when a subscriber is already installed (several nodes in one test).
     let _ = match format {

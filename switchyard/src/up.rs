@@ -1,6 +1,8 @@
 //! `switchyard up`: the whole system on loopback, each service its own process (this binary,
 //! run with the service's command), on the embedded defaults: two gateways (the second on
-//! the defaults' ports + 10, seeded by the first), two room servers, a match server. Ctrl-C
+//! the defaults' ports + 10, seeded by the first), two room servers, a match server. The two
+//! gateways and the match server are the regular nodes (the first gateway forms the
+//! configuration; Raft runs embedded in them); the room servers are temporary. Ctrl-C
 //! (or SIGTERM) stops them all gracefully. With `--demo`, the client-sim demo runs once the
 //! system is up, its players given both gateways, and `up` exits with the demo's result.
 
@@ -40,7 +42,17 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     let mut children = vec![
         (
             "gateway-1",
-            service("gateway", &["--node-id", "gateway-1"])?,
+            service(
+                "gateway",
+                &[
+                    "--node-id",
+                    "gateway-1",
+                    "--role",
+                    "regular",
+                    "--init-cluster",
+                    "gateway-1,gateway-2,logic-match",
+                ],
+            )?,
         ),
         (
             "gateway-2",
@@ -49,6 +61,8 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
                 &[
                     "--node-id",
                     "gateway-2",
+                    "--role",
+                    "regular",
                     "--seeds",
                     "127.0.0.1:7946",
                     "--ws-listen",
@@ -77,7 +91,10 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
         ),
         (
             "logic-match",
-            service("logic-match", &["--node-id", "logic-match"])?,
+            service(
+                "logic-match",
+                &["--node-id", "logic-match", "--role", "regular"],
+            )?,
         ),
     ];
     println!(

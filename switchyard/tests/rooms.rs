@@ -395,9 +395,11 @@ async fn requests_reach_the_rooms_host_whichever_server_a_user_is_bound_to() {
     let first = ann.create_room().await;
     assert_eq!(first.node_id, "r1");
     assert!(!first.room_id.contains('@'), "{}", first.room_id);
-    let _r2 = sandbox.start("logic-room", "r2", &[]);
+    let r2 = sandbox.start("logic-room", "r2", &[]);
     wait_for_members(&gateway, &["r2"]).await;
     wait_for_members(&r1, &["r2"]).await;
+    // r2 asks r1 where r1's rooms are: it must know r1.
+    wait_for_members(&r2, &["r1"]).await;
     // r2 is emptier (once the gateway sees ann in r1): bob's room goes there.
     eventually(
         "the gateway sees r1's member",
@@ -747,4 +749,63 @@ async fn a_member_joining_a_room_moves_to_the_gateway_holding_most_of_it() {
         .expect("told where to go");
         assert!(addresses.contains(&a_tcp), "to gw-a: {addresses:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_held_by_a_killed_gateway_leave_their_rooms_after_the_grace_unless_they_came_back()
+{
+    let mut sandbox = Sandbox::new();
+    let detection = ["--failure-detection-ms", "1000"];
+    let survivor = sandbox.gateway_with("gw1", &detection);
+    let doomed = sandbox.gateway_with("gw2", &detection);
+    let grace = [
+        "--failure-detection-ms",
+        "1000",
+        "--gateway-grace-ms",
+        "1500",
+    ];
+    let _rooms = sandbox.start("logic-room", "r1", &grace);
+    let _matcher = sandbox.start("logic-match", "match", &grace);
+    wait_for_members(&survivor, &["gw1", "gw2", "r1", "match"]).await;
+    let mut host = Player::login(client_address(&survivor, true), "host").await;
+    let room_id = host.create_room().await.room_id;
+    // Two players through gw2: `ghost` never comes back, `back` logs in again through gw1
+    // and acts in the room within the grace.
+    let ghost = Player::login(client_address(&doomed, true), "ghost").await;
+    ghost.join_room(&room_id).await;
+    let back = Player::login(client_address(&doomed, true), "back").await;
+    back.join_room(&room_id).await;
+
+    doomed.signal(Signal::SIGKILL);
+    let killed = std::time::Instant::now();
+    let back = Player::login(client_address(&survivor, true), "back").await;
+    back.op(&room_id, "still here").await;
+
+    let left =
+        room::MemberEvent::decode(host.push(room_routes::PUSH_MEMBER_LEFT).await).expect("decodes");
+    assert_eq!(
+        (left.user_id.as_str(), left.reason.as_str()),
+        ("ghost", "gateway lost")
+    );
+    // After the failure detection (1 s, plus gossip) and the grace (1.5 s).
+    assert!(
+        killed.elapsed() >= Duration::from_millis(2500),
+        "{:?}",
+        killed.elapsed()
+    );
+    let members = host
+        .client
+        .request(
+            room_routes::MEMBERS,
+            room::RoomRef {
+                room_id: room_id.clone(),
+            }
+            .encode_to_vec(),
+        )
+        .await
+        .expect("answered");
+    let members = room::RoomInfo::decode(members.payload)
+        .expect("decodes")
+        .members;
+    assert_eq!(members, ["host", "back"], "the one who came back stays");
 }

@@ -8,6 +8,13 @@
 //!   until it is paused), for a while, or over and over as a process starved of CPU is.
 //! - [`queued_bytes`]: bytes waiting on the loopback connections to a server (a paused server's
 //!   backlog).
+//! - [`netns`]: network namespaces on a bridge of their own, for real processes on a network
+//!   the test cuts and heals ([`Net`]; [`netns_or_skip`] for the fail-or-skip policy). The
+//!   `testkit-echo` binary is the TCP/UDP echo server and probe its tests run inside them.
+
+pub mod netns;
+
+pub use netns::{Net, NetError, netns_or_skip};
 
 use std::{
     collections::HashMap,

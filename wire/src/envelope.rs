@@ -167,6 +167,7 @@ pub fn code_name(status: u32) -> &'static str {
             ErrorCode::MigrationUnavailable => "migration_unavailable",
             ErrorCode::GatewayFull => "gateway_full",
             ErrorCode::Redirected => "redirected",
+            ErrorCode::Partitioned => "partitioned",
         },
         Err(_) => "app",
     }

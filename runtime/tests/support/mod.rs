@@ -46,6 +46,7 @@ pub struct TestNode {
     pub admin: SocketAddr,
     pub mesh: mesh::Mesh,
     pub cluster: mesh::Cluster,
+    pub quorum: runtime::Quorum,
 }
 
 impl TestNode {
@@ -63,7 +64,15 @@ impl TestNode {
             admin: addrs.admin,
             mesh: node.mesh().clone(),
             cluster: node.cluster().clone(),
+            quorum: node.quorum().clone(),
             node: Some(node),
+        }
+    }
+
+    /// Stops as a crash would (no leave): peers find out through failure detection.
+    pub async fn abort(&mut self) {
+        if let Some(node) = self.node.take() {
+            node.abort().await;
         }
     }
 

@@ -60,6 +60,8 @@ pub struct Sandbox {
     cluster: String,
     dir: PathBuf,
     seed: Option<SocketAddr>,
+    /// Network namespaces the services run in (`start_in`), if any.
+    pub net: Option<testkit::Net>,
 }
 
 impl Drop for Sandbox {
@@ -78,12 +80,50 @@ impl Sandbox {
             cluster,
             dir,
             seed: None,
+            net: None,
         }
     }
 
+    /// A sandbox whose services run in the namespaces of `net` (see [`Sandbox::start_in`]).
+    pub fn in_net(net: testkit::Net) -> Self {
+        let mut sandbox = Sandbox::new();
+        sandbox.net = Some(net);
+        sandbox
+    }
+
     pub fn start(&mut self, command: &str, id: &str, args: &[&str]) -> Service {
+        self.spawn(None, command, id, args)
+    }
+
+    /// Starts a service in namespace `ns` of the sandbox's net, listening on its address.
+    pub fn start_in(&mut self, ns: usize, command: &str, id: &str, args: &[&str]) -> Service {
+        self.spawn(Some(ns), command, id, args)
+    }
+
+    /// A gateway in namespace `ns`, clients on its address, with `extra` flags.
+    pub fn gateway_in(&mut self, ns: usize, id: &str, extra: &[&str]) -> Service {
+        let ip = self.net.as_ref().expect("a sandbox in a net").addr(ns);
+        let (ws, tcp) = (format!("{ip}:0"), format!("{ip}:0"));
+        let mut args = vec![
+            "--ws-listen",
+            &ws,
+            "--tcp-listen",
+            &tcp,
+            "--rate-limit",
+            "0",
+        ];
+        args.extend_from_slice(extra);
+        self.start_in(ns, "gateway", id, &args)
+    }
+
+    fn spawn(&mut self, ns: Option<usize>, command: &str, id: &str, args: &[&str]) -> Service {
         let ready = self.dir.join(format!("{id}.ready"));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+        let program = env!("CARGO_BIN_EXE_switchyard");
+        let (mut cmd, ip) = match (ns, &self.net) {
+            (Some(ns), Some(net)) => (net.command(ns, program), net.addr(ns).to_string()),
+            _ => (Command::new(program), "127.0.0.1".to_owned()),
+        };
+        let any_port = format!("{ip}:0");
         cmd.arg(command)
             .args([
                 "--node-id",
@@ -95,11 +135,11 @@ impl Sandbox {
             ])
             .args([
                 "--grpc-listen",
-                "127.0.0.1:0",
+                &any_port,
                 "--gossip-listen",
-                "127.0.0.1:0",
+                &any_port,
                 "--admin-listen",
-                "127.0.0.1:0",
+                &any_port,
             ])
             .args(["--gossip-interval-ms", "50", "--load-interval-ms", "100"])
             .arg("--ready-file")
