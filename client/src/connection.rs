@@ -341,6 +341,8 @@ impl Client {
         let migrate = Envelope {
             kind: Kind::Migrate as i32,
             msg_id,
+            // The last push received: the gateway moves only the pushes held after it.
+            seq: self.track.last_seq.load(Ordering::Relaxed),
             ..Envelope::default()
         };
         self.exchange(msg_id, envelope::encode(&migrate)).await

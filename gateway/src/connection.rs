@@ -215,7 +215,7 @@ async fn read_loop(
                 }
             }
             Ok(Kind::Migrate) => {
-                gateway.client_migrate(conn, &session, request.msg_id).await;
+                gateway.client_migrate(conn, &session, request.msg_id, request.seq).await;
                 if conn.is_ending() {
                     return session;
                 }

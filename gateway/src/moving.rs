@@ -1,15 +1,21 @@
 //! Sessions that move between gateways, and pushes that follow them.
 //!
-//! A session moves by a hand-over (`hand_over`): the old gateway marks it moving (pushes wait,
-//! unnumbered), sends a snapshot to the new gateway (`AdoptSessions`, in batches of the
+//! A session moves by a hand-over (`hand_over`): the old gateway marks it moving, sends a
+//! snapshot of it as it was then to the new gateway (`AdoptSessions`, in batches of the
 //! sessions waiting to move there), and once that gateway holds it:
 //! 1. registers a forwarding entry for the user and, under the session's pushes lock, queues the
-//!    pushes that waited to be forwarded, so every later push for the user is forwarded after
-//!    them, in the order it arrives;
+//!    pushes that came during the move to be forwarded, so every later push for the user is
+//!    forwarded after them, in the order it arrives;
 //! 2. tells every node the session was bound to or watched by that the user moved (`Moved`, up
 //!    the link after the session's calls). Each node sends the user's later pushes to the new
 //!    gateway and answers `MovedAck` after the pushes it had already sent this way; the old
 //!    gateway forwards those, then a `Flushed` marker for that node.
+//!
+//! Make before break: pushes that come during the move are still numbered and delivered here
+//! (the client's blackout is its reconnect, not the hand-over). The new gateway numbers their
+//! forwarded copies from the snapshot's `next_seq` in the same order, so they get the same seq;
+//! a client that resumes before the copies arrive names pushes not numbered there yet, and
+//! those are held, not sent again (`Session::resume`).
 //!
 //! The new gateway numbers forwarded pushes at once and holds back pushes that reach it
 //! directly until every such node is flushed (or `SETTLE` passes), so the user gets each push
@@ -539,13 +545,16 @@ impl Gateway {
     }
 
     /// Answers a client's MIGRATE: the answer, then `MIGRATE_TO` and the close; or
-    /// `MIGRATION_UNAVAILABLE` (the session stays).
+    /// `MIGRATION_UNAVAILABLE` (the session stays). `last_seq` is the last push the client
+    /// has: the move carries only the held pushes after it.
     pub(crate) async fn client_migrate(
         self: &Arc<Self>,
         conn: &Arc<Conn>,
         session: &Arc<Session>,
         msg_id: u32,
+        last_seq: u64,
     ) {
+        session.acknowledge(last_seq);
         // The reader waits for this (so no new request is read meanwhile); the answer must
         // precede MIGRATE_TO: queue it first, then move.
         let result = match self.move_target_for(session) {

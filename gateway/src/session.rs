@@ -31,6 +31,9 @@ use crate::{
 
 /// Most attributes a session holds, and the largest key and value.
 const MAX_ATTRIBUTES: usize = 64;
+/// How far past the pushes numbered here an adopted session's resume may name pushes the old
+/// gateway delivered while it moved (their copies still on their way).
+const MAX_AHEAD: u64 = 65_536;
 const MAX_ATTRIBUTE_BYTES: usize = 1024;
 /// Most wills a session holds (a will per room joined, say).
 const MAX_WILLS: usize = 256;
@@ -113,7 +116,8 @@ pub(crate) enum Life {
     Attached,
     /// Its connection dropped at `since`; held for the resume window.
     Detached { since: Instant },
-    /// Being handed to another gateway: pushes wait, unnumbered, to follow it there.
+    /// Being handed to another gateway: pushes are still numbered and delivered here, and
+    /// copied to follow the session there (the other gateway numbers them alike).
     Moving,
     /// Over (or moved away): nothing more is taken.
     Ended,
@@ -126,9 +130,17 @@ struct Pushes {
     held_bytes: usize,
     conn: Option<Arc<Conn>>,
     life: Life,
-    /// Pushes taken while `Moving`, unnumbered: they follow the session (or are numbered here
-    /// if the move fails).
+    /// Pushes taken while `Moving` (numbered and delivered here from `moving_from` on): they
+    /// follow the session, and the gateway adopting it numbers them from `moving_from` too,
+    /// so the client's seq means the same on both. Dropped if the move fails.
     backlog: Vec<(u32, Bytes)>,
+    /// `next_seq` when the move started (what the snapshot says).
+    moving_from: u64,
+    /// An adopted session whose client resumed with pushes the old gateway delivered before
+    /// forwarding them here: those (up to this seq) are numbered and held, not sent again.
+    delivered_through: u64,
+    /// Adopted, and not resumed since (a resume may name pushes not forwarded here yet).
+    adopted: bool,
     /// A session adopted from another gateway: the nodes whose earlier pushes that gateway
     /// still forwards. Pushes straight from anyone wait in `held_back` until every one of them
     /// is flushed, so forwarded pushes come first.
@@ -182,6 +194,9 @@ impl Session {
                 conn: Some(conn),
                 life: Life::Attached,
                 backlog: Vec::new(),
+                moving_from: 0,
+                delivered_through: 0,
+                adopted: false,
                 awaiting: Vec::new(),
                 held_back: Vec::new(),
             }),
@@ -252,6 +267,9 @@ impl Session {
                     since: Instant::now(),
                 },
                 backlog: Vec::new(),
+                moving_from: 0,
+                delivered_through: 0,
+                adopted: true,
                 awaiting,
                 held_back: Vec::new(),
             }),
@@ -261,11 +279,16 @@ impl Session {
         })
     }
 
-    /// The session as it moves to another gateway. Call once it is `Moving` (pushes wait in the
-    /// backlog meanwhile, unnumbered).
+    /// The session as it moves to another gateway. Call once it is `Moving`: the snapshot is
+    /// the session when the move started (later pushes follow it from the backlog).
     pub(crate) fn snapshot(&self, from_gateway: &NodeId) -> gw::SessionSnapshot {
         let state = self.state();
         let pushes = self.lock_pushes();
+        let next_seq = if pushes.life == Life::Moving {
+            pushes.moving_from
+        } else {
+            pushes.next_seq
+        };
         gw::SessionSnapshot {
             session_id: self.id,
             user_id: state.user.as_deref().unwrap_or_default().to_owned(),
@@ -280,10 +303,11 @@ impl Session {
                 .collect(),
             attributes: state.attributes.clone(),
             watchers: state.watchers.iter().map(ToString::to_string).collect(),
-            next_seq: pushes.next_seq,
+            next_seq,
             held: pushes
                 .held
                 .iter()
+                .filter(|p| p.seq < next_seq)
                 .map(|p| gw::HeldPush {
                     seq: p.seq,
                     route: p.route,
@@ -311,6 +335,17 @@ impl Session {
 
     fn lock_pushes(&self) -> MutexGuard<'_, Pushes> {
         lock(&self.pushes)
+    }
+
+    /// The client has every push up to `seq` (it said so when it asked to move): they are
+    /// not held for a resume any more, so the move carries less.
+    pub(crate) fn acknowledge(&self, seq: u64) {
+        let mut pushes = self.lock_pushes();
+        while pushes.held.front().is_some_and(|p| p.seq <= seq) {
+            if let Some(old) = pushes.held.pop_front() {
+                pushes.held_bytes -= old.payload.len();
+            }
+        }
     }
 
     /// The logged-in user, if any.
@@ -371,7 +406,7 @@ impl Session {
         })
     }
 
-    /// Starts a move to another gateway: pushes wait in the backlog from now on. `None` when
+    /// Starts a move to another gateway: pushes are copied to the backlog from now on. `None` when
     /// the session is not there to move (ended, or moving already); else whether it was held
     /// without a connection.
     pub(crate) fn start_moving(&self) -> Option<bool> {
@@ -382,6 +417,7 @@ impl Session {
             Life::Attached => false,
         };
         pushes.life = Life::Moving;
+        pushes.moving_from = pushes.next_seq;
         Some(was_detached)
     }
 
@@ -397,8 +433,8 @@ impl Session {
         pushes.conn.take()
     }
 
-    /// The move failed: the session stays here, and the pushes that came meanwhile are
-    /// numbered. True when it is now held without a connection (its connection ended during
+    /// The move failed: the session stays here (the pushes that came meanwhile were numbered
+    /// and delivered here already). True when it is now held without a connection (its connection ended during
     /// the move, or it had none): the caller starts its resume window.
     pub(crate) fn stop_moving(&self) -> bool {
         let mut pushes = self.lock_pushes();
@@ -416,9 +452,7 @@ impl Session {
         } else {
             Life::Attached
         };
-        for (route, payload) in std::mem::take(&mut pushes.backlog) {
-            self.number(&mut pushes, route, payload);
-        }
+        pushes.backlog = Vec::new();
         detached
     }
 
@@ -442,8 +476,8 @@ impl Session {
         match pushes.life {
             Life::Ended => Pushed::Closed,
             Life::Moving => {
-                pushes.backlog.push((route, payload));
-                Pushed::Queued
+                pushes.backlog.push((route, payload.clone()));
+                self.number(&mut pushes, route, payload)
             }
             _ if !forwarded && !pushes.awaiting.is_empty() => {
                 pushes.held_back.push((route, payload));
@@ -477,6 +511,9 @@ impl Session {
         let seq = pushes.next_seq;
         pushes.next_seq += 1;
         self.hold(pushes, seq, route, payload.clone());
+        if seq <= pushes.delivered_through {
+            return Pushed::Queued;
+        }
         if let Some(conn) = &pushes.conn
             && !conn.queue_push(PushFrame {
                 seq,
@@ -530,9 +567,17 @@ impl Session {
         if self.epoch.load(Ordering::Acquire) != epoch {
             return Err(ErrorCode::TokenReused);
         }
-        let next = pushes.next_seq;
-        let first_held = pushes.held.front().map_or(next, |p| p.seq);
         let wanted = last_seq.saturating_add(1);
+        if std::mem::take(&mut pushes.adopted)
+            && wanted > pushes.next_seq
+            && wanted - pushes.next_seq <= MAX_AHEAD
+        {
+            // The old gateway delivered these while the session moved; their copies are on
+            // their way here: they are numbered and held when they come, not sent again.
+            pushes.delivered_through = last_seq;
+        }
+        let next = pushes.next_seq.max(pushes.delivered_through + 1);
+        let first_held = pushes.held.front().map_or(next, |p| p.seq);
         // Every push after last_seq is still held (or there is none).
         let resumed = wanted >= first_held;
         let first_seq = if resumed {
@@ -713,4 +758,159 @@ fn bindings_changed(delta: i64) {
 fn live_objects_changed(delta: i64) {
     let now = LIVE_OBJECTS.fetch_add(delta, Ordering::Relaxed) + delta;
     metrics::gauge!(crate::metrics::SESSION_OBJECTS).set(now as f64);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{
+        conn::ConnLimits,
+        outbox::{Outbound, OutboxLimits},
+    };
+
+    const ROUTE: u32 = 7;
+
+    fn limits() -> SessionLimits {
+        SessionLimits {
+            max_frame: 64 << 10,
+            held_pushes: 256,
+            held_bytes: 64 << 10,
+        }
+    }
+
+    fn conn() -> Arc<Conn> {
+        let limits = ConnLimits {
+            max_frame: 64 << 10,
+            outbox: OutboxLimits {
+                max_bytes: 1 << 20,
+                max_age: Duration::from_secs(60),
+            },
+            max_in_flight: 8,
+            rate: None,
+        };
+        Conn::new(&limits, tracing::Span::none())
+    }
+
+    /// The (seq, payload) of every push queued on `conn` so far.
+    fn delivered(conn: &Conn) -> Vec<(u64, String)> {
+        std::iter::from_fn(|| conn.outbox().try_recv())
+            .filter_map(|item| match item {
+                Outbound::Push(p) => Some((p.seq, String::from_utf8_lossy(&p.payload).into())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn push(session: &Session, text: &str) {
+        session.push(ROUTE, Bytes::from(text.to_owned()));
+    }
+
+    fn logged_in(conn: &Arc<Conn>) -> Arc<Session> {
+        let session = Session::new(1, limits(), conn.clone());
+        session.state().user = Some(Arc::from("ann"));
+        session.state().watchers.insert(NodeId::new("room-1"));
+        session
+    }
+
+    /// A session moving from here: `before` pushed before the move, `during` while it moves.
+    /// Returns the snapshot and the backlog that follows it.
+    fn moved(
+        conn: &Arc<Conn>,
+        before: &[&str],
+        during: &[&str],
+    ) -> (gw::SessionSnapshot, Vec<(u32, Bytes)>) {
+        let session = logged_in(conn);
+        before.iter().for_each(|p| push(&session, p));
+        assert_eq!(session.start_moving(), Some(false));
+        during.iter().for_each(|p| push(&session, p));
+        let snapshot = session.snapshot(&NodeId::new("gw-a"));
+        let mut backlog = Vec::new();
+        session.moved_away(|pushes| backlog = pushes);
+        (snapshot, backlog)
+    }
+
+    fn resume(session: &Session, conn: &Arc<Conn>, last_seq: u64) -> (bool, u64) {
+        let mut answered = (false, 0);
+        session
+            .resume(conn, session.epoch(), last_seq, |_, resumed, first_seq| {
+                answered = (resumed, first_seq);
+                Envelope::default()
+            })
+            .expect("resumed");
+        answered
+    }
+
+    #[test]
+    fn pushes_during_a_move_are_still_delivered_and_follow_it_with_the_same_seq() {
+        let old = conn();
+        let (snapshot, backlog) = moved(&old, &["a", "b"], &["c", "d"]);
+        // Make before break: the client kept getting pushes while its session moved.
+        let seqs: Vec<u64> = delivered(&old).iter().map(|p| p.0).collect();
+        assert_eq!(seqs, [1, 2, 3, 4]);
+        // The snapshot is the session when the move began; the rest follows it.
+        assert_eq!(snapshot.next_seq, 3);
+        assert_eq!(snapshot.held.iter().map(|p| p.seq).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(backlog.len(), 2);
+
+        // The client missed c and d (the old connection broke): they are replayed there,
+        // numbered as the old gateway numbered them.
+        let adopted = Session::adopt(snapshot, limits());
+        for (route, payload) in backlog {
+            adopted.push_forwarded(route, payload);
+        }
+        let new = conn();
+        assert_eq!(resume(&adopted, &new, 2), (true, 3));
+        assert_eq!(
+            delivered(&new),
+            [(3, "c".to_owned()), (4, "d".to_owned())]
+        );
+    }
+
+    #[test]
+    fn a_resume_naming_pushes_not_forwarded_yet_gets_each_once() {
+        let old = conn();
+        let (snapshot, backlog) = moved(&old, &["a"], &["b", "c"]);
+        assert_eq!(delivered(&old).len(), 3);
+        let adopted = Session::adopt(snapshot, limits());
+        let new = conn();
+        // The client got b (2) and c (3) from the old gateway; their copies are on their way.
+        assert_eq!(resume(&adopted, &new, 3), (true, 4));
+        // A direct push waits for the old gateway's forwarding.
+        push(&adopted, "e");
+        for (route, payload) in backlog {
+            adopted.push_forwarded(route, payload);
+        }
+        adopted.push_forwarded(ROUTE, Bytes::from_static(b"d"));
+        adopted.flushed(Some(&NodeId::new("room-1")));
+        assert_eq!(
+            delivered(&new),
+            [(4, "d".to_owned()), (5, "e".to_owned())]
+        );
+    }
+
+    #[test]
+    fn a_failed_move_leaves_the_pushes_numbered_once() {
+        let conn = conn();
+        let session = logged_in(&conn);
+        push(&session, "a");
+        session.start_moving();
+        push(&session, "b");
+        assert!(!session.stop_moving());
+        push(&session, "c");
+        let seqs: Vec<u64> = delivered(&conn).iter().map(|p| p.0).collect();
+        assert_eq!(seqs, [1, 2, 3]);
+    }
+
+    #[test]
+    fn a_migrate_acknowledges_what_the_client_has() {
+        let conn = conn();
+        let session = logged_in(&conn);
+        ["a", "b", "c"].iter().for_each(|p| push(&session, p));
+        session.acknowledge(2);
+        session.start_moving();
+        let snapshot = session.snapshot(&NodeId::new("gw-a"));
+        assert_eq!(snapshot.held.iter().map(|p| p.seq).collect::<Vec<_>>(), [3]);
+    }
 }
