@@ -20,7 +20,7 @@ use std::{
 use bytes::Bytes;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use prost::Message;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 use wire::{Envelope, ErrorCode, envelope};
@@ -268,6 +268,16 @@ impl Conn {
 
     pub(crate) fn end_request(&self, msg_id: u32) {
         lock(&self.in_flight).remove(&msg_id);
+    }
+
+    /// Stops this connection's requests: waits until none is in flight, and no new one starts
+    /// until the permit returned is dropped (the reader waits for it).
+    pub(crate) async fn hold_requests(&self) -> Option<OwnedSemaphorePermit> {
+        self.permits
+            .clone()
+            .acquire_many_owned(self.max_in_flight)
+            .await
+            .ok()
     }
 
     /// Waits until no request of this connection is in flight (call after the reader stopped

@@ -215,10 +215,7 @@ async fn read_loop(
                 }
             }
             Ok(Kind::Migrate) => {
-                gateway.client_migrate(conn, &session, request.msg_id, request.seq).await;
-                if conn.is_ending() {
-                    return session;
-                }
+                gateway.client_migrate(conn, &session, request.msg_id, request.seq);
             }
             Ok(Kind::Goodbye) => {
                 conn.close_as(Ending::Goodbye, "client said goodbye");

@@ -14,6 +14,7 @@ use wire::{ErrorCode, envelope};
 
 use crate::{
     gateway::{Gateway, Limits},
+    moving::Requests,
     session::Session,
 };
 
@@ -85,7 +86,7 @@ impl Gateway {
     ) -> &'static str {
         let Some(conn) = session.conn() else {
             if let Some(to) = self.move_target()
-                && self.hand_over(session, &to).await.is_ok()
+                && self.hand_over(session, &to, Requests::Ignore).await.is_ok()
             {
                 return "migrated";
             }

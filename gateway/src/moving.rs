@@ -45,7 +45,7 @@ use proto::{
     logic::v1::Moved,
 };
 use tokio::{
-    sync::{Semaphore, mpsc, oneshot},
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot},
     time::Instant,
 };
 use tracing::{debug, info, warn};
@@ -66,7 +66,10 @@ const SETTLE: Duration = Duration::from_secs(10);
 const FORWARD_QUEUE: usize = 65_536;
 /// Most items in one `Forward` call.
 const FORWARD_BATCH: usize = 1024;
-/// Most sessions in one `AdoptSessions` call.
+/// Most sessions in one `AdoptSessions` call. A drain moves its sessions in waves of at most
+/// `MOVE_BATCH * MOVE_CALLS`: a session waiting for its wave is served here as before (its
+/// requests and pushes flow), so a client's blackout is its own wave's move and reconnect,
+/// not the whole drain's.
 const MOVE_BATCH: usize = 1024;
 /// `AdoptSessions` calls in flight toward one gateway.
 const MOVE_CALLS: usize = 4;
@@ -89,6 +92,8 @@ pub(crate) enum MoveError {
     NoGateway,
     #[error("the other gateway did not adopt it: {0}")]
     NotAdopted(String),
+    #[error("its requests in flight were not answered in time")]
+    Busy,
 }
 
 struct Forwarding {
@@ -96,13 +101,33 @@ struct Forwarding {
     until: Instant,
 }
 
-/// What a hand-over gives: the adopting gateway's answer and the connection that carried the
-/// session here (to be told where it went).
-pub(crate) type HandedOver = Result<(pb::Adopted, Option<Arc<Conn>>), MoveError>;
+/// A session the other gateway holds now.
+pub(crate) struct Handed {
+    pub(crate) adopted: pb::Adopted,
+    /// The connection that carried the session here (to be told where it went).
+    pub(crate) conn: Option<Arc<Conn>>,
+    /// The connection's requests stay stopped while this lives: drop it once the connection
+    /// is told where the session went (nothing read after the move may run here).
+    pub(crate) held: Option<OwnedSemaphorePermit>,
+}
+
+/// What a hand-over gives.
+pub(crate) type HandedOver = Result<Handed, MoveError>;
+
+/// Whether a hand-over stops the connection's requests first (answering those in flight).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Requests {
+    /// The client moves with this connection (drain, `MIGRATE`): its requests stop when its
+    /// batch starts; until then it is served as before.
+    Hold,
+    /// The client is on another connection already (a resume elsewhere).
+    Ignore,
+}
 
 /// A session waiting for its batch of hand-overs.
 pub(crate) struct HandOver {
     session: Arc<Session>,
+    requests: Requests,
     done: oneshot::Sender<HandedOver>,
 }
 
@@ -113,6 +138,7 @@ struct Moving {
     /// The nodes it was bound to or watched by (told `Moved` once it moved).
     nodes: Vec<NodeId>,
     snapshot: pb::SessionSnapshot,
+    held: Option<OwnedSemaphorePermit>,
 }
 
 /// Users whose session moved away from here, and the ordered queues toward their gateways.
@@ -262,15 +288,18 @@ impl Gateway {
     /// over here, its connection (if any) returned to be told where it went. Hand-overs to one
     /// gateway go in batches (one `AdoptSessions` call for all that are waiting, a few calls
     /// at once): a drain that moves thousands of clients makes tens of calls, not thousands.
-    /// A session waiting for its batch is not moving yet: its pushes still flow.
+    /// A session waiting for its batch is not moving yet: its pushes still flow, and (with
+    /// `Requests::Hold`) its requests are served until the batch starts.
     pub(crate) async fn hand_over(
         self: &Arc<Self>,
         session: &Arc<Session>,
         to: &NodeId,
+        requests: Requests,
     ) -> HandedOver {
         let (done, answer) = oneshot::channel();
         let waiting = HandOver {
             session: session.clone(),
+            requests,
             done,
         };
         if self.mover(to).send(waiting).is_err() {
@@ -321,13 +350,22 @@ impl Gateway {
         }
     }
 
-    /// One batch of hand-overs: each session marked moving, then `AdoptSessions` calls of at
-    /// most `MOVE_BYTES` of snapshots each (a session's replay ring travels with it), and each
-    /// session finished (moved away) or back as it was.
+    /// One batch of hand-overs: each session's requests stopped (those in flight answered),
+    /// each marked moving, then `AdoptSessions` calls of at most `MOVE_BYTES` of snapshots
+    /// each (a session's replay ring travels with it), and each session finished (moved away)
+    /// or back as it was.
     async fn hand_over_batch(self: &Arc<Self>, to: &NodeId, batch: Vec<HandOver>) {
+        let held = futures::future::join_all(batch.iter().map(|w| self.hold_requests(w))).await;
         let mut calls: Vec<Vec<Moving>> = vec![Vec::new()];
         let mut bytes = 0;
-        for waiting in batch {
+        for (waiting, held) in batch.into_iter().zip(held) {
+            let held = match held {
+                Ok(held) => held,
+                Err(error) => {
+                    let _ = waiting.done.send(Err(error));
+                    continue;
+                }
+            };
             let Some(was_detached) = waiting.session.start_moving() else {
                 let _ = waiting.done.send(Err(MoveError::NotHere));
                 continue;
@@ -344,17 +382,38 @@ impl Gateway {
                 waiting,
                 was_detached,
                 snapshot,
+                held,
             });
         }
         let calls = calls.into_iter().filter(|call| !call.is_empty());
         futures::future::join_all(calls.map(|call| self.adopt_there(to, call))).await;
     }
 
+    /// Stops the requests of the connection a session moves with, once those in flight are
+    /// answered (a request cut off by a slow node is answered within the request timeout).
+    async fn hold_requests(
+        &self,
+        waiting: &HandOver,
+    ) -> Result<Option<OwnedSemaphorePermit>, MoveError> {
+        if waiting.requests == Requests::Ignore {
+            return Ok(None);
+        }
+        let Some(conn) = waiting.session.conn() else {
+            return Ok(None);
+        };
+        let wait = self.limits.request_timeout + Duration::from_secs(1);
+        tokio::select! {
+            held = tokio::time::timeout(wait, conn.hold_requests()) => held.map_err(|_| MoveError::Busy),
+            // Gone meanwhile: the session moves without it.
+            _ = conn.stop.cancelled() => Ok(None),
+        }
+    }
+
     /// One `AdoptSessions` call, and what becomes of each session in it.
     async fn adopt_there(self: &Arc<Self>, to: &NodeId, call: Vec<Moving>) {
         let (moving, snapshots): (Vec<_>, Vec<_>) = call
             .into_iter()
-            .map(|m| ((m.waiting, m.was_detached, m.nodes), m.snapshot))
+            .map(|m| ((m.waiting, m.was_detached, m.nodes, m.held), m.snapshot))
             .unzip();
         let request = pb::SessionSnapshots {
             sessions: snapshots,
@@ -368,18 +427,22 @@ impl Gateway {
         let mut answers = match answer {
             Ok(adopted) => adopted.adopted.into_iter(),
             Err(error) => {
-                for (waiting, was_detached, _) in moving {
+                for (waiting, was_detached, _, _) in moving {
                     self.move_failed(&waiting.session, was_detached);
                     let _ = waiting.done.send(Err(MoveError::NotAdopted(error.clone())));
                 }
                 return;
             }
         };
-        for (waiting, was_detached, nodes) in moving {
+        for (waiting, was_detached, nodes, held) in moving {
             let outcome = match answers.next() {
                 Some(adopted) if adopted.refused.is_empty() => {
                     let conn = self.moved_away(&waiting.session, to, was_detached, &nodes);
-                    Ok((adopted, conn))
+                    Ok(Handed {
+                        adopted,
+                        conn,
+                        held,
+                    })
                 }
                 refused => {
                     self.move_failed(&waiting.session, was_detached);
@@ -493,9 +556,7 @@ impl Gateway {
         if session.user().is_none() {
             return Err(MoveError::NotHere);
         }
-        let to = to.clone();
-        conn.requests_done().await;
-        let (adopted, _) = self.hand_over(session, &to).await?;
+        let Handed { adopted, held, .. } = self.hand_over(session, to, Requests::Hold).await?;
         let migrate_to = Envelope {
             kind: Kind::MigrateTo as i32,
             migrate_to: Some(MigrateTo {
@@ -509,6 +570,8 @@ impl Gateway {
             "the session moved to another gateway",
             &migrate_to,
         );
+        // Only now may the reader go on (to find the connection ending).
+        drop(held);
         Ok(())
     }
 
@@ -544,10 +607,12 @@ impl Gateway {
             .or_else(|| self.move_target())
     }
 
-    /// Answers a client's MIGRATE: the answer, then `MIGRATE_TO` and the close; or
-    /// `MIGRATION_UNAVAILABLE` (the session stays). `last_seq` is the last push the client
-    /// has: the move carries only the held pushes after it.
-    pub(crate) async fn client_migrate(
+    /// Answers a client's MIGRATE: the answer, then (once the session's batch has moved)
+    /// `MIGRATE_TO` and the close; or `MIGRATION_UNAVAILABLE` (the session stays).
+    /// `last_seq` is the last push the client has: the move carries only the held pushes
+    /// after it. The reader goes on meanwhile: requests are served until the batch starts,
+    /// and those in flight then are answered before `MIGRATE_TO`.
+    pub(crate) fn client_migrate(
         self: &Arc<Self>,
         conn: &Arc<Conn>,
         session: &Arc<Session>,
@@ -555,31 +620,28 @@ impl Gateway {
         last_seq: u64,
     ) {
         session.acknowledge(last_seq);
-        // The reader waits for this (so no new request is read meanwhile); the answer must
-        // precede MIGRATE_TO: queue it first, then move.
-        let result = match self.move_target_for(session) {
-            None => Err(MoveError::NoGateway),
-            Some(_) if session.user().is_none() => Err(MoveError::NotHere),
-            Some(_) => {
-                conn.send(&envelope::response(
-                    msg_id,
-                    0,
-                    0,
-                    String::new(),
-                    Bytes::new(),
-                ));
-                self.migrate(conn, session).await
-            }
+        let refused = match self.move_target_for(session) {
+            None => Some(MoveError::NoGateway),
+            Some(_) if session.user().is_none() => Some(MoveError::NotHere),
+            Some(_) => None,
         };
-        if let Err(error) = result {
-            debug!(session = session.id, %error, "a migrate was refused");
-            conn.send(&envelope::error(
-                msg_id,
-                0,
-                ErrorCode::MigrationUnavailable,
-                "the session cannot move now; it stays on this gateway",
-            ));
+        if let Some(error) = refused {
+            migrate_refused(conn, session, msg_id, &error);
+            return;
         }
+        conn.send(&envelope::response(
+            msg_id,
+            0,
+            0,
+            String::new(),
+            Bytes::new(),
+        ));
+        let (gateway, conn, session) = (self.clone(), conn.clone(), session.clone());
+        self.tracker.spawn(async move {
+            if let Err(error) = gateway.migrate(&conn, &session).await {
+                migrate_refused(&conn, &session, msg_id, &error);
+            }
+        });
     }
 
     /// A node answered a `Moved` notice: once the push calls that started before it are done
@@ -788,4 +850,15 @@ impl Gateway {
             }
         }
     }
+}
+
+/// The session cannot move now: it stays here, and the client is told.
+fn migrate_refused(conn: &Conn, session: &Session, msg_id: u32, error: &MoveError) {
+    debug!(session = session.id, %error, "a migrate was refused");
+    conn.send(&envelope::error(
+        msg_id,
+        0,
+        ErrorCode::MigrationUnavailable,
+        "the session cannot move now; it stays on this gateway",
+    ));
 }

@@ -19,7 +19,7 @@ use crate::{
     effects::wills_of,
     gateway::{FORWARD_TIMEOUT, Gateway},
     hold::TAKE_REUSED,
-    moving::ActivePush,
+    moving::{ActivePush, Handed, Requests},
     session::Pushed,
     sessions::{LoginStamp, Older},
 };
@@ -316,8 +316,8 @@ impl gateway_server::Gateway for GatewayService {
             return Err(Status::failed_precondition(TAKE_REUSED));
         }
         let to = NodeId::new(request.to_gateway.as_str());
-        let (adopted, conn) = gateway
-            .hand_over(&session, &to)
+        let Handed { adopted, conn, .. } = gateway
+            .hand_over(&session, &to, Requests::Ignore)
             .await
             .map_err(|error| Status::unavailable(error.to_string()))?;
         if let Some(conn) = conn {

@@ -851,7 +851,10 @@ mod tests {
         assert_eq!(seqs, [1, 2, 3, 4]);
         // The snapshot is the session when the move began; the rest follows it.
         assert_eq!(snapshot.next_seq, 3);
-        assert_eq!(snapshot.held.iter().map(|p| p.seq).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(
+            snapshot.held.iter().map(|p| p.seq).collect::<Vec<_>>(),
+            [1, 2]
+        );
         assert_eq!(backlog.len(), 2);
 
         // The client missed c and d (the old connection broke): they are replayed there,
@@ -862,10 +865,7 @@ mod tests {
         }
         let new = conn();
         assert_eq!(resume(&adopted, &new, 2), (true, 3));
-        assert_eq!(
-            delivered(&new),
-            [(3, "c".to_owned()), (4, "d".to_owned())]
-        );
+        assert_eq!(delivered(&new), [(3, "c".to_owned()), (4, "d".to_owned())]);
     }
 
     #[test]
@@ -884,10 +884,7 @@ mod tests {
         }
         adopted.push_forwarded(ROUTE, Bytes::from_static(b"d"));
         adopted.flushed(Some(&NodeId::new("room-1")));
-        assert_eq!(
-            delivered(&new),
-            [(4, "d".to_owned()), (5, "e".to_owned())]
-        );
+        assert_eq!(delivered(&new), [(4, "d".to_owned()), (5, "e".to_owned())]);
     }
 
     #[test]
