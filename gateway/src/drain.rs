@@ -93,6 +93,7 @@ impl Gateway {
             self.end_session(session, "shutdown", "gateway shutting down");
             return "ended";
         };
+        // Answered before anything else, a kick included (a move would wait for them too).
         conn.quiesce.cancel();
         if tokio::time::timeout(request_timeout, conn.requests_done())
             .await

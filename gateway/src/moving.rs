@@ -636,9 +636,15 @@ impl Gateway {
             String::new(),
             Bytes::new(),
         ));
+        if !session.begin_migrate() {
+            // Asked again while the move is under way: that move answers both (a second
+            // hand-over of the session would wait for the first one's hold on its requests).
+            return;
+        }
         let (gateway, conn, session) = (self.clone(), conn.clone(), session.clone());
         self.tracker.spawn(async move {
             if let Err(error) = gateway.migrate(&conn, &session).await {
+                session.end_migrate();
                 migrate_refused(&conn, &session, msg_id, &error);
             }
         });

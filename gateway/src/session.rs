@@ -31,10 +31,10 @@ use crate::{
 
 /// Most attributes a session holds, and the largest key and value.
 const MAX_ATTRIBUTES: usize = 64;
+const MAX_ATTRIBUTE_BYTES: usize = 1024;
 /// How far past the pushes numbered here an adopted session's resume may name pushes the old
 /// gateway delivered while it moved (their copies still on their way).
 const MAX_AHEAD: u64 = 65_536;
-const MAX_ATTRIBUTE_BYTES: usize = 1024;
 /// Most wills a session holds (a will per room joined, say).
 const MAX_WILLS: usize = 256;
 
@@ -130,12 +130,10 @@ struct Pushes {
     held_bytes: usize,
     conn: Option<Arc<Conn>>,
     life: Life,
-    /// Pushes taken while `Moving` (numbered and delivered here from `moving_from` on): they
-    /// follow the session, and the gateway adopting it numbers them from `moving_from` too,
-    /// so the client's seq means the same on both. Dropped if the move fails.
+    /// Pushes taken while `Moving`, numbered and delivered here all the same (the last
+    /// `backlog.len()` seqs): they follow the session, and the gateway adopting it numbers
+    /// them alike, so the client's seq means the same on both. Dropped if the move fails.
     backlog: Vec<(u32, Bytes)>,
-    /// `next_seq` when the move started (what the snapshot says).
-    moving_from: u64,
     /// An adopted session whose client resumed with pushes the old gateway delivered before
     /// forwarding them here: those (up to this seq) are numbered and held, not sent again.
     delivered_through: u64,
@@ -146,6 +144,15 @@ struct Pushes {
     /// is flushed, so forwarded pushes come first.
     awaiting: Vec<NodeId>,
     held_back: Vec<(u32, Bytes)>,
+}
+
+impl Pushes {
+    /// Forgets the oldest push held for a resume.
+    fn drop_oldest(&mut self) {
+        if let Some(old) = self.held.pop_front() {
+            self.held_bytes -= old.payload.len();
+        }
+    }
 }
 
 /// What ending a session found.
@@ -178,6 +185,8 @@ pub(crate) struct Session {
     epoch: AtomicU64,
     /// A node removed or replaced a binding: the next request waits for the earlier ones.
     rebound: AtomicBool,
+    /// The client asked to move and the move is under way (a second ask joins it).
+    migrating: AtomicBool,
 }
 
 impl Session {
@@ -194,7 +203,6 @@ impl Session {
                 conn: Some(conn),
                 life: Life::Attached,
                 backlog: Vec::new(),
-                moving_from: 0,
                 delivered_through: 0,
                 adopted: false,
                 awaiting: Vec::new(),
@@ -203,6 +211,7 @@ impl Session {
             limits,
             epoch: AtomicU64::new(1),
             rebound: AtomicBool::new(false),
+            migrating: AtomicBool::new(false),
         })
     }
 
@@ -267,7 +276,6 @@ impl Session {
                     since: Instant::now(),
                 },
                 backlog: Vec::new(),
-                moving_from: 0,
                 delivered_through: 0,
                 adopted: true,
                 awaiting,
@@ -276,6 +284,7 @@ impl Session {
             limits,
             epoch: AtomicU64::new(snapshot.epoch + 1),
             rebound: AtomicBool::new(false),
+            migrating: AtomicBool::new(false),
         })
     }
 
@@ -284,11 +293,8 @@ impl Session {
     pub(crate) fn snapshot(&self, from_gateway: &NodeId) -> gw::SessionSnapshot {
         let state = self.state();
         let pushes = self.lock_pushes();
-        let next_seq = if pushes.life == Life::Moving {
-            pushes.moving_from
-        } else {
-            pushes.next_seq
-        };
+        // The session as the move began: the backlog's pushes follow it.
+        let next_seq = pushes.next_seq - pushes.backlog.len() as u64;
         gw::SessionSnapshot {
             session_id: self.id,
             user_id: state.user.as_deref().unwrap_or_default().to_owned(),
@@ -342,10 +348,18 @@ impl Session {
     pub(crate) fn acknowledge(&self, seq: u64) {
         let mut pushes = self.lock_pushes();
         while pushes.held.front().is_some_and(|p| p.seq <= seq) {
-            if let Some(old) = pushes.held.pop_front() {
-                pushes.held_bytes -= old.payload.len();
-            }
+            pushes.drop_oldest();
         }
+    }
+
+    /// Marks the client's move as under way; false when it was already.
+    pub(crate) fn begin_migrate(&self) -> bool {
+        !self.migrating.swap(true, Ordering::AcqRel)
+    }
+
+    /// The client's move is over (it failed: the session stays here).
+    pub(crate) fn end_migrate(&self) {
+        self.migrating.store(false, Ordering::Release);
     }
 
     /// The logged-in user, if any.
@@ -406,9 +420,9 @@ impl Session {
         })
     }
 
-    /// Starts a move to another gateway: pushes are copied to the backlog from now on. `None` when
-    /// the session is not there to move (ended, or moving already); else whether it was held
-    /// without a connection.
+    /// Starts a move to another gateway: pushes are copied to the backlog from now on. `None`
+    /// when the session is not there to move (ended, or moving already); else whether it was
+    /// held without a connection.
     pub(crate) fn start_moving(&self) -> Option<bool> {
         let mut pushes = self.lock_pushes();
         let was_detached = match pushes.life {
@@ -417,7 +431,6 @@ impl Session {
             Life::Attached => false,
         };
         pushes.life = Life::Moving;
-        pushes.moving_from = pushes.next_seq;
         Some(was_detached)
     }
 
@@ -434,8 +447,8 @@ impl Session {
     }
 
     /// The move failed: the session stays here (the pushes that came meanwhile were numbered
-    /// and delivered here already). True when it is now held without a connection (its connection ended during
-    /// the move, or it had none): the caller starts its resume window.
+    /// and delivered here already). True when it is now held without a connection (its
+    /// connection ended during the move, or it had none): the caller starts its resume window.
     pub(crate) fn stop_moving(&self) -> bool {
         let mut pushes = self.lock_pushes();
         if pushes.life != Life::Moving {
@@ -543,9 +556,7 @@ impl Session {
         while pushes.held.len() > self.limits.held_pushes
             || (pushes.held_bytes > self.limits.held_bytes && pushes.held.len() > 1)
         {
-            if let Some(old) = pushes.held.pop_front() {
-                pushes.held_bytes -= old.payload.len();
-            }
+            pushes.drop_oldest();
         }
     }
 

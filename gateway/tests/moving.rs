@@ -497,3 +497,34 @@ async fn a_migrate_with_nowhere_to_go_is_refused_and_the_session_stays() {
     assert_eq!(answer.code(), Some(client::ErrorCode::MigrationUnavailable));
     assert_eq!(text(&where_am_i(&client).await), "r1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migrate_asked_twice_moves_the_session_once() {
+    let pair = Pair::start(&[]).await;
+    let (client, mut events) = joined(pair.a.tcp_address(), "twice").await;
+    let (first, second) = tokio::join!(client.migrate(), client.migrate());
+    assert!(first.expect("answered").is_ok());
+    // The second ask joins the move (answered OK), unless the move was so quick that the
+    // connection closed before the gateway read it.
+    if let Ok(second) = second {
+        assert!(second.is_ok(), "{second:?}");
+    }
+    let ticket = loop {
+        match tokio::time::timeout(Duration::from_secs(5), events.next())
+            .await
+            .expect("MIGRATE_TO within 5 s")
+            .expect("events")
+        {
+            Event::MigrateTo { ticket, .. } => break ticket,
+            Event::Unsolicited(answer) => panic!("a second answer: {answer:?}"),
+            Event::Kicked { code, reason } => panic!("kicked {code} {reason}"),
+            _ => {}
+        }
+    };
+    let (moved, _events, answer) =
+        Client::resume(pair.b.tcp_address(), ClientConfig::default(), &ticket)
+            .await
+            .expect("connect");
+    assert!(answer.is_ok(), "{answer:?}");
+    assert_eq!(text(&where_am_i(&moved).await), "r1");
+}
