@@ -58,10 +58,18 @@ struct Run {
     /// This process (the clients: senders and receivers) over the same phase.
     generator_cores: f64,
     deliveries_per_core_s: f64,
+    /// Over the measured phase (the sends and the grace after them), for the CPU split.
+    ops_per_s: f64,
+    delivered_per_s: f64,
+    server_micros_per_s: f64,
 }
 
 /// Deliveries per second per server core the hot-path issue asks for (rooms of 50 at 30 Hz).
 const TARGET_PER_CORE: f64 = 150_000.0;
+/// Server CPU per room operation (its per-operation part) the hot-path issue asks for.
+const TARGET_PER_OP_US: f64 = 60.0;
+/// Server CPU per delivery the hot-path issue asks for.
+const TARGET_PER_DELIVERY_US: f64 = 6.0;
 
 pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     let mut report = Report::new(
@@ -79,6 +87,7 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         if let Some(go) = Stack::go(&args.common.go_baseline, Services::Rooms).await? {
             stacks.push(go);
         }
+        stacks.push(Stack::bare_rooms(flavor)?);
         for &size in &args.sizes {
             for &hz in &args.hz {
                 for round in 0..args.common.rounds {
@@ -146,12 +155,110 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<()> {
             per_core >= TARGET_PER_CORE,
         );
     }
-    report.note("Delivery latency runs from the send timestamp in the operation's payload to its arrival at each member. Server CPU counts every server process (Switchyard: gateway, login server, room server; Go: go-gateway, go-room). There is no floor for fan-out.");
+    split(&mut report, &args, &runs);
+    report.note("Delivery latency runs from the send timestamp in the operation's payload to its arrival at each member. Server CPU counts every server process (Switchyard: gateway, login server, room server; Go: go-gateway, go-room; floor: its one process). The floor is `serve-bare-rooms`: the rooms in one process speaking the client protocol over TCP, each operation's push encoded once and written straight into every member's socket by the task that read it (no hop, no queue, no task per delivery), so its deliveries per core-second are about what the kernel's loopback writes allow.");
+    let busiest = runs
+        .iter()
+        .map(|r| r.4.generator_cores)
+        .fold(0.0f64, f64::max);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    report.note(format!(
+        "The generator was {} the bottleneck: its busiest run took {busiest:.2} cores of the {threads} its runtime's threads can use{}.",
+        if busiest < 0.8 * threads { "not" } else { "perhaps" },
+        if busiest < 0.8 * threads { "" } else { " (runs near that are generator-bound: read their latencies with care)" }
+    ));
     report.note(format!(
         "Generator cores busy: the clients (one sender per room, every member receiving) in this process, over the same phase. The machine has {} cores: when servers and generator together come near that, the delivery latencies are the machine's as much as the servers'.",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     ));
     report.finish(&args.common.out)
+}
+
+/// Server CPU split into a part per room operation and a part per delivery: a least-squares fit
+/// of `CPU µs/s = idle + op × ops/s + delivery × deliveries/s` over every run of a system on a
+/// runtime (the room sizes tell the two parts apart).
+fn split(report: &mut Report, args: &FanoutArgs, runs: &[(RuntimeFlavor, Who, usize, u64, Run)]) {
+    let table = report.table(
+        "Server CPU per operation and per delivery (least-squares fit over the runs above)",
+        &[
+            "server runtime",
+            "system",
+            "µs per operation",
+            "µs per delivery",
+            "idle cores",
+            "runs",
+        ],
+    );
+    let mut targets = Vec::new();
+    for &flavor in &args.common.server_flavor {
+        for who in [Who::Switchyard, Who::Go, Who::Floor] {
+            let points: Vec<[f64; 3]> = runs
+                .iter()
+                .filter(|r| r.0 == flavor && r.1 == who)
+                .map(|r| [r.4.ops_per_s, r.4.delivered_per_s, r.4.server_micros_per_s])
+                .collect();
+            let Some([idle, per_op, per_delivery]) = fit(&points) else {
+                continue;
+            };
+            table.row(vec![
+                text(flavor),
+                text(format!("{who:?}")),
+                text(format!("{per_op:.1}")),
+                text(format!("{per_delivery:.2}")),
+                text(format!("{:.3}", idle / 1e6)),
+                text(points.len()),
+            ]);
+            if who == Who::Switchyard {
+                targets.push((flavor, per_op, per_delivery));
+            }
+        }
+    }
+    for (flavor, per_op, per_delivery) in targets {
+        report.target(
+            format!("server CPU per room operation ≤ {TARGET_PER_OP_US} µs ({flavor})"),
+            format!("{per_op:.1} µs"),
+            per_op <= TARGET_PER_OP_US,
+        );
+        report.target(
+            format!("server CPU per delivery ≤ {TARGET_PER_DELIVERY_US} µs ({flavor})"),
+            format!("{per_delivery:.2} µs"),
+            per_delivery <= TARGET_PER_DELIVERY_US,
+        );
+    }
+}
+
+/// Least squares for `c = k + a·o + b·d` over points `[o, d, c]`: `[k, a, b]`, or `None` when
+/// the points cannot tell the three apart (fewer than three room sizes or rates).
+fn fit(points: &[[f64; 3]]) -> Option<[f64; 3]> {
+    // Normal equations: (XᵀX) β = Xᵀc with rows X = [1, o, d].
+    let mut m = [[0.0f64; 4]; 3];
+    for &[o, d, c] in points {
+        let x = [1.0, o, d];
+        for i in 0..3 {
+            for j in 0..3 {
+                m[i][j] += x[i] * x[j];
+            }
+            m[i][3] += x[i] * c;
+        }
+    }
+    // Gaussian elimination with partial pivoting.
+    for col in 0..3 {
+        let pivot = (col..3).max_by(|&a, &b| m[a][col].abs().total_cmp(&m[b][col].abs()))?;
+        m.swap(col, pivot);
+        if m[col][col].abs() < 1e-9 * (1.0 + m[col][3].abs()) {
+            return None;
+        }
+        for row in 0..3 {
+            if row != col {
+                let f = m[row][col] / m[col][col];
+                let pivot_row = m[col];
+                for (cell, p) in m[row].iter_mut().zip(pivot_row).skip(col) {
+                    *cell -= f * p;
+                }
+            }
+        }
+    }
+    Some([m[0][3] / m[0][0], m[1][3] / m[1][1], m[2][3] / m[2][2]])
 }
 
 fn now_nanos() -> u64 {
@@ -247,7 +354,9 @@ async fn measure(
     counting.store(true, Ordering::Relaxed);
     let started = Instant::now();
     let mut tasks = Vec::new();
+    let sent = Arc::new(AtomicU64::new(0));
     for (i, (client, room_id)) in senders.into_iter().enumerate() {
+        let sent = sent.clone();
         tasks.push(tokio::spawn(async move {
             // Spread the rooms' ticks over the period.
             let mut next = Instant::now() + every.mul_f64(i as f64 / 97.0 % 1.0);
@@ -259,6 +368,7 @@ async fn measure(
                     payload: Bytes::copy_from_slice(&now_nanos().to_le_bytes()),
                 };
                 let client = client.clone();
+                sent.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(async move { client.request(routes::OP, op.encode_to_vec()).await });
                 next += every;
             }
@@ -294,6 +404,9 @@ async fn measure(
         server_cores: cores,
         generator_cores: generator_micros as f64 / 1e6 / elapsed.as_secs_f64(),
         deliveries_per_core_s: count / (cpu_micros.max(1) as f64 / 1e6),
+        ops_per_s: sent.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64(),
+        delivered_per_s: count / elapsed.as_secs_f64(),
+        server_micros_per_s: cpu_micros as f64 / elapsed.as_secs_f64(),
     })
 }
 

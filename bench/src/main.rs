@@ -17,6 +17,7 @@
 //! - `stats`: histograms and spreads.
 
 mod affinity;
+mod bare_rooms;
 mod child;
 mod churn;
 mod drain;
@@ -121,6 +122,9 @@ enum Scenario {
     /// (internal) a bare WebSocket echo server.
     #[command(hide = true)]
     ServeBareWs,
+    /// (internal) the floor of room fan-out: rooms in one process, pushes written in place.
+    #[command(hide = true)]
+    ServeBareRooms,
     /// (internal) a node answering mesh pings.
     #[command(hide = true)]
     ServeMeshNode,
@@ -158,6 +162,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::ServeMatch(args) => stack::serve_match(args).await,
             Scenario::ServeBareTcp => stack::serve_bare_tcp().await,
             Scenario::ServeBareWs => stack::serve_bare_ws().await,
+            Scenario::ServeBareRooms => bare_rooms::serve().await,
             Scenario::ServeMeshNode => mesh_rr::serve_node().await,
             Scenario::ServeBareGrpc => mesh_rr::serve_bare().await,
             Scenario::Swarm(args) => swarm::serve(args).await,

@@ -76,6 +76,22 @@ impl Stack {
         }
     }
 
+    /// The floor of room fan-out (`serve-bare-rooms`), one process on a `flavor` runtime.
+    pub(crate) fn bare_rooms(flavor: RuntimeFlavor) -> anyhow::Result<Self> {
+        let floor = Floor::start(FloorKind::Rooms, flavor)?;
+        let pid = floor.pid();
+        Ok(Stack {
+            system: Who::Floor,
+            tcp: floor.addr.parse()?,
+            ws: String::new(),
+            admin: None,
+            pids: vec![pid],
+            gateway_pid: pid,
+            room_pid: pid,
+            _processes: vec![floor.process],
+        })
+    }
+
     /// Switchyard's processes, on `flavor` runtimes, once they route logins and room requests.
     pub(crate) async fn switchyard(
         flavor: RuntimeFlavor,
@@ -215,6 +231,8 @@ pub(crate) enum FloorKind {
     Ws,
     /// A tonic unary call.
     Tonic,
+    /// Rooms in one process over TCP, each push written straight into the members' sockets.
+    Rooms,
 }
 
 /// A floor server: the cheapest possible server of one kind of round trip.
@@ -231,6 +249,7 @@ impl Floor {
             FloorKind::Tcp => ("serve-bare-tcp", "tcp"),
             FloorKind::Ws => ("serve-bare-ws", "ws"),
             FloorKind::Tonic => ("serve-bare-grpc", "grpc"),
+            FloorKind::Rooms => ("serve-bare-rooms", "tcp"),
         };
         let process = ChildProcess::spawn(&["--flavor", flavor.as_arg(), command])?;
         Ok(Floor {
@@ -261,7 +280,7 @@ impl Floor {
     /// The client address (bare TCP and WebSocket echo only).
     pub(crate) fn address(&self) -> anyhow::Result<Address> {
         Ok(match self.kind {
-            FloorKind::Tcp => Address::Tcp(self.addr.parse()?),
+            FloorKind::Tcp | FloorKind::Rooms => Address::Tcp(self.addr.parse()?),
             FloorKind::Ws => Address::WebSocket(self.addr.clone()),
             FloorKind::Tonic => anyhow::bail!("a tonic floor has no client address"),
         })
@@ -513,7 +532,7 @@ pub(crate) async fn serve_bare_ws() -> anyhow::Result<()> {
 
 /// A loopback listener with the gateway's accept backlog, so connect storms meet the same
 /// queue on every server.
-async fn bind_loopback() -> std::io::Result<TcpListener> {
+pub(crate) async fn bind_loopback() -> std::io::Result<TcpListener> {
     let socket = tokio::net::TcpSocket::new_v4()?;
     socket.set_reuseaddr(true)?;
     socket.bind("127.0.0.1:0".parse().expect("a socket address"))?;
@@ -526,6 +545,7 @@ impl std::fmt::Display for FloorKind {
             FloorKind::Tcp => "bare TCP echo",
             FloorKind::Ws => "bare WebSocket echo",
             FloorKind::Tonic => "bare tonic unary",
+            FloorKind::Rooms => "bare rooms (pushes written in place)",
         })
     }
 }
