@@ -19,6 +19,7 @@ use crate::{
     outbox::{Outbound, PushFrame},
     refusal::Refusal,
     session::Session,
+    socket::Socket,
 };
 
 /// What the writer hands a transport: a frame, a push to encode, or the close with the code
@@ -27,6 +28,8 @@ use crate::{
 pub(crate) enum Outgoing {
     Frame(Bytes),
     Push(PushFrame),
+    /// Bytes already framed (the rest of a frame written in place; TCP only).
+    Raw(Bytes),
     Close(u32),
 }
 
@@ -48,6 +51,7 @@ pub(crate) async fn serve(
     mut sink: FrameSink,
     peer: SocketAddr,
     transport: &'static str,
+    socket: Option<Socket>,
 ) {
     if gateway.is_fenced() {
         refuse(
@@ -85,7 +89,7 @@ pub(crate) async fn serve(
     ::metrics::counter!(crate::metrics::CONNECTIONS, "transport" => transport, "outcome" => "accepted").increment(1);
     let id = gateway.sessions.new_id();
     let span = info_span!("session", node = %gateway.node_id, session = id, %peer, transport, user = tracing::field::Empty);
-    let conn = Conn::new(&gateway.limits.conn, span.clone());
+    let conn = Conn::new(&gateway.limits.conn, span.clone(), socket);
     let session = Session::new(id, gateway.limits.session, conn.clone());
     async {
         let count = gateway.sessions.insert(session.clone());
@@ -296,6 +300,7 @@ async fn write_queue(mut sink: FrameSink, conn: &Conn) {
         let first = match outbound.recv().await {
             Outbound::Frame(frame) => Outgoing::Frame(frame),
             Outbound::Push(push) => Outgoing::Push(push),
+            Outbound::Raw(rest) => Outgoing::Raw(rest),
             Outbound::Close => break,
         };
         let written = async {
@@ -304,6 +309,7 @@ async fn write_queue(mut sink: FrameSink, conn: &Conn) {
                 match next {
                     Outbound::Frame(frame) => sink.feed(Outgoing::Frame(frame)).await?,
                     Outbound::Push(push) => sink.feed(Outgoing::Push(push)).await?,
+                    Outbound::Raw(rest) => sink.feed(Outgoing::Raw(rest)).await?,
                     Outbound::Close => {
                         close = true;
                         break;
@@ -320,7 +326,7 @@ async fn write_queue(mut sink: FrameSink, conn: &Conn) {
             until.saturating_duration_since(Instant::now())
         });
         match tokio::time::timeout(limit, written).await {
-            Ok(Ok(())) if !close => {}
+            Ok(Ok(())) if !close => outbound.flushed(),
             Ok(Ok(())) => break,
             Ok(Err(error)) => {
                 debug!(%error, "write failed");

@@ -38,6 +38,7 @@ mod router;
 mod service;
 mod session;
 mod sessions;
+mod socket;
 mod token;
 mod transport;
 

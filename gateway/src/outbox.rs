@@ -31,6 +31,9 @@ pub(crate) enum Outbound {
     /// A push, encoded by the transport as it writes (its payload shared with every other
     /// recipient of the same push, never copied before the socket buffer).
     Push(PushFrame),
+    /// Bytes already framed: the rest of a frame the socket took only part of when it was
+    /// written in place (TCP only).
+    Raw(Bytes),
     /// Close the connection after the frames before this one.
     Close,
 }
@@ -49,6 +52,7 @@ impl Outbound {
         match self {
             Outbound::Frame(frame) => frame.len() + FRAME_OVERHEAD,
             Outbound::Push(push) => push.payload.len() + FRAME_OVERHEAD,
+            Outbound::Raw(rest) => rest.len() + FRAME_OVERHEAD,
             Outbound::Close => 0,
         }
     }
@@ -62,6 +66,16 @@ pub(crate) enum Refused {
     SlowConsumer,
     /// The writer is gone: the connection is closing.
     Closed,
+}
+
+/// How much of an item written in place the socket took.
+#[derive(Debug)]
+pub(crate) enum Written {
+    All,
+    /// The rest, framed, to go first in the queue.
+    Part(Bytes),
+    /// Nothing (its buffer is full, or it failed): the item is queued as usual.
+    Nothing,
 }
 
 /// The bounds of one queue.
@@ -80,6 +94,9 @@ struct State {
     bytes: usize,
     /// The reader stopped for good.
     closed: bool,
+    /// The writer took items and has not yet flushed them all to the socket: nothing may be
+    /// written in place (it would overtake them).
+    writer_busy: bool,
 }
 
 /// The queue.
@@ -135,12 +152,55 @@ impl Outbox {
         Ok(())
     }
 
-    /// The next item, if one is queued.
+    /// Like [`try_send`](Self::try_send), but when nothing is queued and the writer has
+    /// flushed all it took, `write` puts the item straight into the socket, under this queue's
+    /// lock so nothing queued meanwhile can overtake it. What the socket does not take is
+    /// queued (the rest of a frame first), for the writer.
+    pub(crate) fn send_or_write(
+        &self,
+        item: Outbound,
+        write: impl FnOnce(&Outbound) -> Written,
+    ) -> Result<(), Refused> {
+        {
+            let mut state = self.state();
+            if state.closed {
+                return Err(Refused::Closed);
+            }
+            if state.queue.is_empty() && !state.writer_busy {
+                match write(&item) {
+                    Written::All => return Ok(()),
+                    Written::Part(rest) => {
+                        let rest = Outbound::Raw(rest);
+                        state.bytes += rest.cost();
+                        state.queue.push_back((rest, Instant::now()));
+                        drop(state);
+                        self.ready.notify_one();
+                        return Ok(());
+                    }
+                    Written::Nothing => {}
+                }
+            }
+        }
+        self.try_send(item)
+    }
+
+    /// The next item, if one is queued (taken by the writer, which is busy until
+    /// [`flushed`](Self::flushed)).
     pub(crate) fn try_recv(&self) -> Option<Outbound> {
         let mut state = self.state();
         let (item, _) = state.queue.pop_front()?;
         state.bytes -= item.cost();
+        state.writer_busy = true;
         Some(item)
+    }
+
+    /// The writer flushed everything it took to the socket: with nothing queued, the next item
+    /// may be written in place.
+    pub(crate) fn flushed(&self) {
+        let mut state = self.state();
+        if state.queue.is_empty() {
+            state.writer_busy = false;
+        }
     }
 
     /// Waits for the next item.
@@ -190,6 +250,7 @@ mod tests {
             .map(|item| match item {
                 Outbound::Frame(f) => format!("frame {}", f.len()),
                 Outbound::Push(p) => format!("push {}", p.payload.len()),
+                Outbound::Raw(r) => format!("raw {}", r.len()),
                 Outbound::Close => "close".to_owned(),
             })
             .collect()
@@ -272,6 +333,57 @@ mod tests {
             .expect("woken")
             .expect("joined");
         assert!(matches!(got, Outbound::Close));
+    }
+
+    #[test]
+    fn a_frame_is_written_in_place_only_when_it_overtakes_nothing() {
+        let outbox = Outbox::new(limits(1 << 20, 60_000));
+        let written = std::cell::RefCell::new(Vec::new());
+        let write = |took: Written| {
+            let written = &written;
+            move |item: &Outbound| {
+                if let Outbound::Frame(f) = item {
+                    written.borrow_mut().push(f.len());
+                }
+                took
+            }
+        };
+        // Idle writer, empty queue: in place.
+        assert_eq!(outbox.send_or_write(frame(1), write(Written::All)), Ok(()));
+        assert_eq!(*written.borrow(), [1]);
+        assert!(drain(&outbox).is_empty());
+        // The writer has taken an item and not flushed it: queued behind it.
+        outbox.try_send(frame(2)).expect("queued");
+        assert_eq!(drain(&outbox), ["frame 2"]);
+        assert_eq!(outbox.send_or_write(frame(3), write(Written::All)), Ok(()));
+        assert_eq!(*written.borrow(), [1], "not written past the writer");
+        outbox.flushed();
+        assert!(outbox.state().writer_busy, "frame 3 is still queued");
+        assert_eq!(drain(&outbox), ["frame 3"]);
+        outbox.flushed();
+        // The socket takes part of a frame: the rest goes first, and what follows waits.
+        assert_eq!(
+            outbox.send_or_write(frame(4), write(Written::Part(Bytes::from_static(b"xy")))),
+            Ok(())
+        );
+        assert_eq!(outbox.send_or_write(frame(5), write(Written::All)), Ok(()));
+        assert_eq!(*written.borrow(), [1, 4]);
+        assert_eq!(drain(&outbox), ["raw 2", "frame 5"]);
+        // The socket takes nothing: queued as usual.
+        outbox.flushed();
+        assert_eq!(
+            outbox.send_or_write(frame(6), write(Written::Nothing)),
+            Ok(())
+        );
+        assert_eq!(drain(&outbox), ["frame 6"]);
+        // Closed: refused, never written.
+        outbox.flushed();
+        outbox.close();
+        assert_eq!(
+            outbox.send_or_write(frame(7), write(Written::All)),
+            Err(Refused::Closed)
+        );
+        assert_eq!(*written.borrow(), [1, 4, 6]);
     }
 
     #[test]

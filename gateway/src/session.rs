@@ -801,7 +801,7 @@ mod tests {
             max_in_flight: 8,
             rate: None,
         };
-        Conn::new(&limits, tracing::Span::none())
+        Conn::new(&limits, tracing::Span::none(), None)
     }
 
     /// The (seq, payload) of every push queued on `conn` so far.

@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::{
     protocol::{CloseFrame, WebSocketConfig, frame::coding::CloseCode},
 };
 use tokio_util::{
-    codec::{Decoder, Encoder, Framed},
+    codec::{Decoder, Encoder, FramedRead, FramedWrite},
     sync::CancellationToken,
 };
 use tracing::{debug, warn};
@@ -29,6 +29,7 @@ use wire::{ErrorCode, FrameCodec, FrameError};
 use crate::{
     connection::{self, Outgoing},
     gateway::Gateway,
+    socket::Socket,
 };
 
 /// How long a client may take to complete the WebSocket handshake.
@@ -73,13 +74,15 @@ pub(crate) async fn accept_tcp(
     let codec = TcpCodec(FrameCodec::new(gateway.limits.max_frame));
     let send_buffer = gateway.limits.socket_send_buffer;
     accept_loop(listener, stop, "tcp", send_buffer, |stream, peer| {
-        let (sink, stream) = tcp_framed(stream, codec).split();
+        let socket = Socket::new(stream);
+        let (stream, sink) = tcp_framed(&socket, codec);
         gateway.tracker.spawn(connection::serve(
             gateway.clone(),
             Box::pin(stream),
             Box::pin(sink),
             peer,
             "tcp",
+            Some(socket),
         ));
     })
     .await;
@@ -115,21 +118,30 @@ impl Encoder<Outgoing> for TcpCodec {
                     .encode(dst)
                     .map_err(|e| FrameError::Transport(e.to_string()))
             }
+            Outgoing::Raw(rest) => {
+                dst.put_slice(&rest);
+                Ok(())
+            }
             Outgoing::Close(_) => Ok(()),
         }
     }
 }
 
-/// Frames over a client's TCP connection, with buffers sized for the idle session most
-/// connections are: a 1 KiB read buffer (a typical message in one read; it grows only for a
-/// larger frame) and a write buffer allocated on the first write, growing to the largest burst.
-/// Writes still batch up to 2 KiB before the sink makes room by flushing. (Framed's defaults,
-/// 8 KiB each, cost about 3 KiB more per idle session in `bench s2-idle-memory`.)
-fn tcp_framed(stream: TcpStream, codec: TcpCodec) -> Framed<TcpStream, TcpCodec> {
-    let mut framed = Framed::with_capacity(stream, codec, 2048);
-    *framed.read_buffer_mut() = BytesMut::with_capacity(1024);
-    *framed.write_buffer_mut() = BytesMut::new();
-    framed
+/// Frames over a client's TCP connection, read and written as two independent halves of the
+/// shared socket, with buffers sized for the idle session most connections are: a 1 KiB read
+/// buffer (a typical message in one read; it grows only for a larger frame) and a write buffer
+/// allocated on the first write, growing to the largest burst. Writes still batch up to 2 KiB
+/// before the sink makes room by flushing. (Framed's defaults, 8 KiB each, cost about 3 KiB
+/// more per idle session in `bench s2-idle-memory`.)
+fn tcp_framed(
+    socket: &Socket,
+    codec: TcpCodec,
+) -> (FramedRead<Socket, TcpCodec>, FramedWrite<Socket, TcpCodec>) {
+    let read = FramedRead::with_capacity(socket.clone(), codec, 1024);
+    let mut write = FramedWrite::new(socket.clone(), codec);
+    write.set_backpressure_boundary(2048);
+    *write.write_buffer_mut() = BytesMut::new();
+    (read, write)
 }
 
 pub(crate) async fn accept_ws(
@@ -172,7 +184,7 @@ async fn serve_ws(
     let (sink, stream) = ws.split();
     let sink = sink.with(|out: Outgoing| future::ready(Ok::<_, FrameError>(ws_message(out))));
     let stream = stream.filter_map(|message| future::ready(wire::ws::frame(message)));
-    connection::serve(gateway, Box::pin(stream), Box::pin(sink), peer, "ws").await;
+    connection::serve(gateway, Box::pin(stream), Box::pin(sink), peer, "ws", None).await;
 }
 
 /// A frame as a binary message; the close as a close frame whose status says why: 1009 for a
@@ -180,7 +192,8 @@ async fn serve_ws(
 /// 1000 otherwise.
 fn ws_message(out: Outgoing) -> Message {
     match out {
-        Outgoing::Frame(frame) => wire::ws::message(frame),
+        // Nothing is written in place on a WebSocket, so nothing is left over to write raw.
+        Outgoing::Frame(frame) | Outgoing::Raw(frame) => wire::ws::message(frame),
         Outgoing::Push(push) => wire::ws::message(wire::envelope::encode(&wire::envelope::push(
             push.seq,
             push.route,

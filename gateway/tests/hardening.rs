@@ -437,6 +437,62 @@ async fn a_client_that_never_reads_is_dropped_within_seconds_told_why_and_not_re
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_reading_in_fits_and_starts_gets_every_push_intact_and_in_order() {
+    // Pushes are written straight into the socket while it takes them and queued when it does
+    // not: the client's pauses fill its small receive buffer and the capped send buffer, so
+    // frames are cut between a write in place and the writer, again and again.
+    let (gateway, _logic) = cluster(&["--slow-consumer-ms", "5000"]).await;
+    let (mut reader, mut received) = raw_logged_in(gateway.tcp, "reader").await;
+    let (flooder, _events) = login(gateway.ws_address(), "flooder").await;
+    flooder
+        .request(FLOOD, "reader,3000,1,1500")
+        .await
+        .expect("answered");
+    let mut chunk = vec![0u8; 7000];
+    let until = Instant::now() + Duration::from_millis(2500);
+    while Instant::now() < until {
+        let reading = Instant::now() + Duration::from_millis(40);
+        while let Ok(Ok(n)) = tokio::time::timeout_at(reading.into(), reader.read(&mut chunk)).await
+        {
+            assert!(n > 0, "the connection ended");
+            received.extend_from_slice(&chunk[..n]);
+        }
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    // Whatever is still on its way.
+    while let Ok(Ok(n)) =
+        tokio::time::timeout(Duration::from_millis(500), reader.read(&mut chunk)).await
+    {
+        if n == 0 {
+            break;
+        }
+        received.extend_from_slice(&chunk[..n]);
+    }
+    let mut seqs = Vec::new();
+    let mut rest = &received[..];
+    while rest.len() >= 4 {
+        let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        assert!(rest.len() >= 4 + len, "a frame cut short at the end");
+        let envelope = Envelope::decode(&rest[4..4 + len]).expect("every frame intact");
+        if envelope.route == FLOOD {
+            assert!(
+                envelope.payload.len() == 3000 && envelope.payload.iter().all(|&b| b == b'f'),
+                "a push's payload came through changed"
+            );
+            seqs.push(envelope.seq);
+        }
+        rest = &rest[4 + len..];
+    }
+    assert!(rest.is_empty(), "{} stray bytes at the end", rest.len());
+    assert!(seqs.len() > 500, "only {} pushes arrived", seqs.len());
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "pushes out of order or missing: {:?}",
+        seqs.windows(2).find(|w| w[1] != w[0] + 1)
+    );
+}
+
 // --- Drain ----------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
