@@ -1,6 +1,6 @@
 //! A client's TCP socket, shared by the connection's reader, its writer task and whoever
-//! queues a frame for it while the writer is idle: that frame is written in place, straight into
-//! the socket from the task that made it (`outbox.rs` says when that is allowed), instead of
+//! queues a push for it while the writer is idle: that push is written in place, straight into
+//! the socket from the task that numbered it (`outbox.rs` says when that is allowed), instead of
 //! waking the writer task to copy it there. For a room broadcast this is one `send(2)` per
 //! member and nothing else, the shape of the fan-out floor `bench s4-fanout` measures.
 //!
@@ -8,7 +8,7 @@
 //! lock between the two directions), so the reader and the writer are independent halves.
 
 use std::{
-    io::{self, IoSlice},
+    io,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll, ready},
@@ -24,7 +24,7 @@ use tokio::{
 
 use crate::outbox::{Outbound, Written};
 
-/// Frames up to this size are encoded on the stack when written in place.
+/// Pushes up to this size are framed on the stack when written in place.
 const STACK_FRAME: usize = 512;
 
 /// A client's TCP socket (cloning shares it).
@@ -37,38 +37,15 @@ impl Socket {
     }
 
     /// `send(2)` without waiting: how much the socket took, or `WouldBlock`.
-    fn try_send(&self, parts: &[IoSlice<'_>]) -> io::Result<usize> {
-        self.0.try_io(Interest::WRITABLE, || {
-            let socket = SockRef::from(&*self.0);
-            match parts {
-                [one] => socket.send(one),
-                _ => socket.send_vectored(parts),
-            }
-        })
+    fn try_send(&self, buf: &[u8]) -> io::Result<usize> {
+        self.0
+            .try_io(Interest::WRITABLE, || SockRef::from(&*self.0).send(buf))
     }
 
-    /// Writes one item in place, framed as the TCP transport frames it (a 4-byte big-endian
+    /// Writes a push in place, framed as the TCP transport frames it (a 4-byte big-endian
     /// length, then the envelope): all of it, part of it (the rest to be queued), or nothing.
     pub(crate) fn write_in_place(&self, item: &Outbound) -> Written {
         match item {
-            Outbound::Frame(frame) => {
-                let prefix = (frame.len() as u32).to_be_bytes();
-                let parts = [IoSlice::new(&prefix), IoSlice::new(frame)];
-                match self.try_send(&parts) {
-                    Ok(n) if n >= prefix.len() + frame.len() => Written::All,
-                    Ok(n) => {
-                        let mut rest = Vec::with_capacity(prefix.len() + frame.len() - n);
-                        if n < prefix.len() {
-                            rest.extend_from_slice(&prefix[n..]);
-                            rest.extend_from_slice(frame);
-                        } else {
-                            rest.extend_from_slice(&frame[n - prefix.len()..]);
-                        }
-                        Written::Part(rest.into())
-                    }
-                    Err(_) => Written::Nothing,
-                }
-            }
             Outbound::Push(push) => {
                 let envelope = wire::envelope::push(push.seq, push.route, push.payload.clone());
                 let len = envelope.encoded_len();
@@ -89,14 +66,15 @@ impl Socket {
                     }
                     &heap
                 };
-                match self.try_send(&[IoSlice::new(frame)]) {
+                match self.try_send(frame) {
                     Ok(n) if n >= frame.len() => Written::All,
                     Ok(n) => Written::Part(Bytes::copy_from_slice(&frame[n..])),
                     Err(_) => Written::Nothing,
                 }
             }
-            // What comes after a partial write, and the close, are the writer task's.
-            Outbound::Raw(_) | Outbound::Close => Written::Nothing,
+            // Responses, what comes after a partial write and the close are the writer task's
+            // (see `Conn::queue` for why responses are).
+            Outbound::Frame(_) | Outbound::Raw(_) | Outbound::Close => Written::Nothing,
         }
     }
 }
@@ -129,7 +107,7 @@ impl AsyncWrite for Socket {
     ) -> Poll<io::Result<usize>> {
         loop {
             ready!(self.0.poll_write_ready(cx))?;
-            match self.try_send(&[IoSlice::new(buf)]) {
+            match self.try_send(buf) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 done => return Poll::Ready(done),
             }
