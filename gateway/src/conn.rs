@@ -64,7 +64,7 @@ pub(crate) enum Ending {
 pub(crate) struct Conn {
     max_frame: usize,
     outbound: Outbox,
-    /// The client's TCP socket, for frames written in place while the writer is idle (none for
+    /// The client's TCP socket, for pushes written in place while the writer is idle (none for
     /// WebSocket, whose frames only the writer's WebSocket stream writes).
     socket: Option<Socket>,
     /// Message ids of requests in flight.

@@ -1,11 +1,9 @@
-//! A client's TCP socket, shared by the connection's reader, its writer task and whoever
+//! The write half of a client's TCP socket, shared by the connection's writer task and whoever
 //! queues a push for it while the writer is idle: that push is written in place, straight into
-//! the socket from the task that numbered it (`outbox.rs` says when that is allowed), instead of
-//! waking the writer task to copy it there. For a room broadcast this is one `send(2)` per
-//! member and nothing else, the shape of the fan-out floor `bench s4-fanout` measures.
-//!
-//! Reads and writes are `read(2)` and `send(2)` on the shared socket (tokio's readiness, no
-//! lock between the two directions), so the reader and the writer are independent halves.
+//! the socket from the task that numbered it (`outbox.rs` says when that is allowed), instead
+//! of waking the writer task to copy it there. For a room broadcast this is one `send(2)` per
+//! member and nothing else, the shape of the fan-out floor `bench s4-fanout` measures. The
+//! read half is tokio's own, read by the connection's reader.
 
 use std::{
     io,
@@ -14,32 +12,44 @@ use std::{
     task::{Context, Poll, ready},
 };
 
-use bytes::{BufMut, Bytes};
-use prost::Message;
+use bytes::Bytes;
 use socket2::SockRef;
 use tokio::{
-    io::{AsyncRead, AsyncWrite, Interest, ReadBuf},
-    net::TcpStream,
+    io::{AsyncWrite, Interest},
+    net::{
+        TcpStream,
+        tcp::{OwnedReadHalf, OwnedWriteHalf},
+    },
 };
 
-use crate::outbox::{Outbound, Written};
+use crate::{
+    outbox::{Outbound, Written},
+    transport::{framed_len, put_framed},
+};
 
 /// Pushes up to this size are framed on the stack when written in place.
 const STACK_FRAME: usize = 512;
 
-/// A client's TCP socket (cloning shares it).
+/// The write half of a client's TCP socket (cloning shares it; the socket is shut for writing
+/// when the last clone goes).
 #[derive(Clone, Debug)]
-pub(crate) struct Socket(Arc<TcpStream>);
+pub(crate) struct Socket(Arc<OwnedWriteHalf>);
 
 impl Socket {
-    pub(crate) fn new(stream: TcpStream) -> Self {
-        Socket(Arc::new(stream))
+    /// The read half, and the shared write half.
+    pub(crate) fn split(stream: TcpStream) -> (OwnedReadHalf, Self) {
+        let (read, write) = stream.into_split();
+        (read, Socket(Arc::new(write)))
+    }
+
+    fn stream(&self) -> &TcpStream {
+        (*self.0).as_ref()
     }
 
     /// `send(2)` without waiting: how much the socket took, or `WouldBlock`.
     fn try_send(&self, buf: &[u8]) -> io::Result<usize> {
-        self.0
-            .try_io(Interest::WRITABLE, || SockRef::from(&*self.0).send(buf))
+        let stream = self.stream();
+        stream.try_io(Interest::WRITABLE, || SockRef::from(stream).send(buf))
     }
 
     /// Writes a push in place, framed as the TCP transport frames it (a 4-byte big-endian
@@ -48,20 +58,17 @@ impl Socket {
         match item {
             Outbound::Push(push) => {
                 let envelope = wire::envelope::push(push.seq, push.route, push.payload.clone());
-                let len = envelope.encoded_len();
+                let len = framed_len(&envelope);
                 let mut stack = [0u8; STACK_FRAME];
                 let mut heap = Vec::new();
-                let frame: &[u8] = if 4 + len <= STACK_FRAME {
-                    let mut out = &mut stack[..];
-                    out.put_u32(len as u32);
-                    if envelope.encode(&mut out).is_err() {
+                let frame: &[u8] = if len <= STACK_FRAME {
+                    if put_framed(&envelope, &mut &mut stack[..]).is_err() {
                         return Written::Nothing;
                     }
-                    &stack[..4 + len]
+                    &stack[..len]
                 } else {
-                    heap.reserve_exact(4 + len);
-                    heap.put_u32(len as u32);
-                    if envelope.encode(&mut heap).is_err() {
+                    heap.reserve_exact(len);
+                    if put_framed(&envelope, &mut heap).is_err() {
                         return Written::Nothing;
                     }
                     &heap
@@ -79,26 +86,6 @@ impl Socket {
     }
 }
 
-impl AsyncRead for Socket {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        loop {
-            ready!(self.0.poll_read_ready(cx))?;
-            match self.0.try_read(buf.initialize_unfilled()) {
-                Ok(n) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
-    }
-}
-
 impl AsyncWrite for Socket {
     fn poll_write(
         self: Pin<&mut Self>,
@@ -106,7 +93,7 @@ impl AsyncWrite for Socket {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         loop {
-            ready!(self.0.poll_write_ready(cx))?;
+            ready!(self.stream().poll_write_ready(cx))?;
             match self.try_send(buf) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 done => return Poll::Ready(done),
@@ -119,6 +106,6 @@ impl AsyncWrite for Socket {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(SockRef::from(&*self.0).shutdown(std::net::Shutdown::Write))
+        Poll::Ready(SockRef::from(self.stream()).shutdown(std::net::Shutdown::Write))
     }
 }

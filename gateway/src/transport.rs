@@ -12,7 +12,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::{SinkExt, StreamExt, future};
 use prost::Message as _;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, tcp::OwnedReadHalf};
 use tokio_tungstenite::tungstenite::{
     Message,
     handshake::server::{ErrorResponse, Request, Response},
@@ -74,8 +74,8 @@ pub(crate) async fn accept_tcp(
     let codec = TcpCodec(FrameCodec::new(gateway.limits.max_frame));
     let send_buffer = gateway.limits.socket_send_buffer;
     accept_loop(listener, stop, "tcp", send_buffer, |stream, peer| {
-        let socket = Socket::new(stream);
-        let (stream, sink) = tcp_framed(&socket, codec);
+        let (read, socket) = Socket::split(stream);
+        let (stream, sink) = tcp_framed(read, &socket, codec);
         gateway.tracker.spawn(connection::serve(
             gateway.clone(),
             Box::pin(stream),
@@ -111,12 +111,8 @@ impl Encoder<Outgoing> for TcpCodec {
             Outgoing::Push(push) => {
                 // Straight into the write buffer: the shared payload is copied once, here.
                 let envelope = wire::envelope::push(push.seq, push.route, push.payload);
-                let len = envelope.encoded_len();
-                dst.reserve(4 + len);
-                dst.put_u32(len as u32);
-                envelope
-                    .encode(dst)
-                    .map_err(|e| FrameError::Transport(e.to_string()))
+                dst.reserve(framed_len(&envelope));
+                put_framed(&envelope, dst).map_err(|e| FrameError::Transport(e.to_string()))
             }
             Outgoing::Raw(rest) => {
                 dst.put_slice(&rest);
@@ -127,17 +123,35 @@ impl Encoder<Outgoing> for TcpCodec {
     }
 }
 
+/// Bytes `envelope` takes as a TCP frame.
+pub(crate) fn framed_len(envelope: &wire::Envelope) -> usize {
+    4 + envelope.encoded_len()
+}
+
+/// Puts `envelope` into `dst` as a TCP frame: its length (4 bytes, big-endian), then it.
+pub(crate) fn put_framed(
+    envelope: &wire::Envelope,
+    dst: &mut impl BufMut,
+) -> Result<(), prost::EncodeError> {
+    dst.put_u32(envelope.encoded_len() as u32);
+    envelope.encode(dst)
+}
+
 /// Frames over a client's TCP connection, read and written as two independent halves of the
-/// shared socket, with buffers sized for the idle session most connections are: a 1 KiB read
+/// socket, with buffers sized for the idle session most connections are: a 1 KiB read
 /// buffer (a typical message in one read; it grows only for a larger frame) and a write buffer
 /// allocated on the first write, growing to the largest burst. Writes still batch up to 2 KiB
 /// before the sink makes room by flushing. (Framed's defaults, 8 KiB each, cost about 3 KiB
 /// more per idle session in `bench s2-idle-memory`.)
 fn tcp_framed(
+    read: OwnedReadHalf,
     socket: &Socket,
     codec: TcpCodec,
-) -> (FramedRead<Socket, TcpCodec>, FramedWrite<Socket, TcpCodec>) {
-    let read = FramedRead::with_capacity(socket.clone(), codec, 1024);
+) -> (
+    FramedRead<OwnedReadHalf, TcpCodec>,
+    FramedWrite<Socket, TcpCodec>,
+) {
+    let read = FramedRead::with_capacity(read, codec, 1024);
     let mut write = FramedWrite::new(socket.clone(), codec);
     write.set_backpressure_boundary(2048);
     *write.write_buffer_mut() = BytesMut::new();
